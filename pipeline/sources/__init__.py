@@ -1,0 +1,28 @@
+"""Image sources for the ``scrape@<source>`` stages.
+
+Every source is a module here with one entry point::
+
+    fetch(out_dir: Path, cfg: SourceConfig) -> dict   # returns a summary (fetched, skipped, failed, ...)
+
+that writes ``<out_dir>/<id>.<ext>`` files and appends one record per finished image to
+``<out_dir>/manifest.jsonl`` (schema: ``pipeline.fsio.MANIFEST_FIELDS``), using
+``pipeline.sources.common.store_image`` so that every source validates, downscales, names and
+records images the same way. Modules are imported lazily so that ``embedded`` needs no network
+libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+SOURCES: dict[str, str] = {
+    "embedded": "pipeline.sources.embedded",
+    "folder": "pipeline.sources.folder",
+}
+
+
+def get_source(name: str) -> Callable:
+    if name not in SOURCES:
+        raise SystemExit(f"unknown source {name!r} in scrape.sources; known: {', '.join(SOURCES)}")
+    return importlib.import_module(SOURCES[name]).fetch

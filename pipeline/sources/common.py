@@ -1,0 +1,124 @@
+"""What every source shares: its config, and storing one image with its manifest record."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.fsio import MANIFEST, append_jsonl, read_jsonl, safe_name, sha256_bytes
+
+Image.MAX_IMAGE_PIXELS = None  # we bound size ourselves (max_pixels), after a cheap header read
+MAX_DECODE_PIXELS = 400_000_000  # refuse anything bigger than this before decoding (bomb guard)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """``scrape.limit``, ``scrape.max_pixels`` and the source's own section ``scrape.<name>``."""
+
+    name: str
+    limit: int = 0
+    max_pixels: int = 16_000_000
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict, name: str) -> SourceConfig:
+        s = params["scrape"]
+        return cls(name=name, limit=int(s.get("limit", 0)), max_pixels=int(s["max_pixels"]),
+                   options=dict(s.get(name) or {}))
+
+
+class BadImage(ValueError):
+    """An input that is not a usable image (corrupt, empty, HTML, too big...)."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def done_ids(out_dir: Path) -> set[str]:
+    """Ids already in the manifest whose file is present: a rerun skips them."""
+    return {r["id"] for r in read_jsonl(out_dir / MANIFEST)
+            if any(out_dir.glob(f"{glob_escape(r['id'])}.*"))}
+
+
+def glob_escape(s: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in s)
+
+
+def decode_image(data: bytes, origin: str) -> Image.Image:
+    """Fully decode ``data`` or raise BadImage naming ``origin``."""
+    if not data:
+        raise BadImage(f"{origin}: empty file")
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
+        raise BadImage(f"{origin}: got an HTML/text page, not an image")
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            raise BadImage(f"{origin}: {im.width}x{im.height} is too large to decode safely")
+        im.load()
+    except BadImage:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise BadImage(f"{origin}: not a decodable image ({type(e).__name__}: {e})") from None
+    if im.width == 0 or im.height == 0:
+        raise BadImage(f"{origin}: zero-size image")
+    return im
+
+
+def shrink_to(im: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale (Lanczos, aspect kept) so that width*height <= max_pixels."""
+    if max_pixels <= 0 or im.width * im.height <= max_pixels:
+        return im
+    scale = (max_pixels / (im.width * im.height)) ** 0.5
+    size = (max(1, int(im.width * scale)), max(1, int(im.height * scale)))
+    if im.mode not in ("RGB", "RGBA", "L"):
+        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    return im.resize(size, Image.Resampling.LANCZOS)
+
+
+def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, *,
+                max_pixels: int, array: np.ndarray | None = None) -> dict:
+    """Validate, maybe downscale, atomically write ``<id>.<ext>``, then append the manifest record.
+
+    Give either the encoded file ``data`` (kept byte-for-byte when no downscale is needed) or a
+    decoded ``array``. Returns the record written. Raises BadImage without writing anything.
+    """
+    image_id = safe_name(image_id)
+    origin = record.get("url") or image_id
+    if array is not None:
+        im = Image.fromarray(array)
+        data = None
+    else:
+        im = decode_image(data or b"", origin)
+    small = shrink_to(im, max_pixels)
+    fmt = (im.format or "PNG").upper()
+    if small is not im or data is None:
+        fmt = "JPEG" if fmt == "JPEG" and small.mode in ("RGB", "L") else "PNG"
+        buf = io.BytesIO()
+        small.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        data = buf.getvalue()
+    ext = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "FITS": "fits"}.get(fmt, fmt.lower())
+    path = out_dir / f"{image_id}.{ext}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{image_id}.{ext}.part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    row = {"id": image_id, "source": record.get("source"), "url": record.get("url"),
+           "sha256": sha256_bytes(data), "width": small.width, "height": small.height,
+           "title": record.get("title", ""), "credit": record.get("credit", "unknown"),
+           "licence": record.get("licence", "unknown"), "fetched_at": now_iso(),
+           "file": path.name}
+    row.update({k: v for k, v in record.items() if k not in row})
+    append_jsonl(out_dir / MANIFEST, row)
+    return row
