@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.jsonl"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once: mkstemp files are 0600, written files should not be
 MANIFEST_FIELDS = ("id", "source", "url", "sha256", "width", "height", "title", "credit",
                    "licence", "fetched_at")
 
@@ -25,6 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     tmp = Path(tmp)
     try:
         yield tmp

@@ -19,6 +19,10 @@ from collections.abc import Callable
 SOURCES: dict[str, str] = {
     "embedded": "pipeline.sources.embedded",
     "folder": "pipeline.sources.folder",
+    "esahubble": "pipeline.sources.esahubble",
+    "hubblesite": "pipeline.sources.hubblesite",
+    "heritage": "pipeline.sources.heritage",
+    "hla": "pipeline.sources.hla",
 }
 
 

@@ -26,12 +26,21 @@ class SourceConfig:
     limit: int = 0
     max_pixels: int = 16_000_000
     options: dict[str, Any] = field(default_factory=dict)
+    # Politeness of web sources (scrape.concurrency / rate_per_s / timeout_s / retries).
+    concurrency: int = 4
+    rate_per_s: float = 2.0
+    timeout_s: float = 60.0
+    retries: int = 5
 
     @classmethod
     def from_params(cls, params: dict, name: str) -> SourceConfig:
         s = params["scrape"]
         return cls(name=name, limit=int(s.get("limit", 0)), max_pixels=int(s["max_pixels"]),
-                   options=dict(s.get(name) or {}))
+                   options=dict(s.get(name) or {}),
+                   concurrency=int(s.get("concurrency", cls.concurrency)),
+                   rate_per_s=float(s.get("rate_per_s", cls.rate_per_s)),
+                   timeout_s=float(s.get("timeout_s", cls.timeout_s)),
+                   retries=int(s.get("retries", cls.retries)))
 
 
 class BadImage(ValueError):

@@ -1,0 +1,66 @@
+"""Stage ``split``: train/test by source image, from a hash of its id (no seed, stable forever).
+
+    python -m pipeline.stages.split
+
+An image goes to test when ``int(sha256(image_id)) / 2**256 < split.test_fraction``; its tiles
+follow it, so no image straddles the split, and adding images never moves an existing one. If
+that leaves test empty while there are >= 2 images, the image with the smallest hash goes to
+test (deterministic: the one that would enter first as the fraction grows). Fewer than 2 images
+is an error. Writes ``<paths.split>/train.csv`` and ``test.csv`` (the columns of tiles.csv).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.fsio import read_csv, write_csv_atomic
+from pipeline.params import load_params
+
+
+def image_hash(image_id: str) -> float:
+    """sha256 of the id as a number in [0, 1)."""
+    return int(hashlib.sha256(image_id.encode("utf-8")).hexdigest(), 16) / 2**256
+
+
+def choose_test_images(image_ids: set[str], test_fraction: float) -> set[str]:
+    """The image ids assigned to test (never empty for >= 2 images)."""
+    if len(image_ids) < 2:
+        raise SystemExit(f"split: {len(image_ids)} image(s) in tiles.csv, need at least 2 for a "
+                         "train/test split; add images (scrape.sources) or lower tile.min_content")
+    test = {i for i in image_ids if image_hash(i) < test_fraction}
+    if not test:
+        test = {min(image_ids, key=image_hash)}
+    if test == image_ids:
+        raise SystemExit(f"split: split.test_fraction {test_fraction} puts every image in test; lower it")
+    return test
+
+
+def split_rows(rows: list[dict], test_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, test) tile rows, split by their ``image_id``; row order kept."""
+    test = choose_test_images({r["image_id"] for r in rows}, test_fraction)
+    return [r for r in rows if r["image_id"] not in test], [r for r in rows if r["image_id"] in test]
+
+
+def count_images(rows: list[dict]) -> int:
+    return len({r["image_id"] for r in rows})
+
+
+def main() -> None:
+    params = load_params()
+    paths = params["paths"]
+    tiles_csv = Path(paths["tiles"]) / "tiles.csv"
+    if not tiles_csv.is_file():
+        raise SystemExit(f"{tiles_csv}: missing; run `dvc repro tile` first")
+    rows = read_csv(tiles_csv)
+    fields = list(rows[0]) if rows else ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
+    train, test = split_rows(rows, float(params["split"]["test_fraction"]))
+    out = Path(paths["split"])
+    write_csv_atomic(out / "train.csv", train, fields)
+    write_csv_atomic(out / "test.csv", test, fields)
+    print(f"split: train {len(train)} tiles of {count_images(train)} images, "
+          f"test {len(test)} tiles of {count_images(test)} images")
+
+
+if __name__ == "__main__":
+    main()
