@@ -1,0 +1,259 @@
+"""``metrics/report.md`` (the paper's Tables 1-5 from the metrics dict) and the Fig. 7-style image grid.
+
+Pure functions of (metrics, params) -> markdown, with no timestamps: the report is byte-identical
+when nothing changed. Every table puts our numbers beside the paper's published ones, labelled
+"paper (their data, undefined scale)", and has the grey baseline (L kept, a*b = 0) as a row.
+``render_report`` joins sections, so the super-resolution tables (6-7) append as one more string.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.fsio import write_bytes_atomic
+
+STAGES = ("pretrained", "finetuned")
+GRID_CELL = 128  # px per tile in the figure: 256 px tiles are halved to keep the PNG ~1 MB
+TOP_LEVEL = ("test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
+             "grey")
+PAPER = "paper (their data, undefined scale)"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One model of the paper (Tables 1-5), matched to ours by (family, colour space, stage)."""
+
+    label: str
+    family: str            # "resnet18" (U-Net on ResNet-18) or "unet" (their basic U-Net)
+    space: str
+    stage: str | None      # None: matches any stage
+    values: dict[str, float] = field(default_factory=dict)
+
+
+PAPER_ROWS = (  # keys are our metric keys: the paper's Tables 1-5 under the names of our columns
+    PaperRow("ResNet-18 (Pre-trained), L\\*a\\*b\\*", "resnet18", "lab", "pretrained", {
+        "rgb_l1": 64.5409, "rgb_l2": 2.77, "lab_l1_a": 0.00588, "lab_l1_b": 0.00501,
+        "lab_l2_a": 0.01565, "lab_l2_b": 0.03208, "rgb_l1_r": 69.2401, "rgb_l1_g": 36.5852,
+        "rgb_l1_b": 87.7973, "rgb_l2_r": 3.2890, "rgb_l2_g": 1.0439, "rgb_l2_b": 3.9785, "fid": 66.3568}),
+    PaperRow("ResNet-18 (Fine-tuned), L\\*a\\*b\\*", "resnet18", "lab", "finetuned", {
+        "rgb_l1": 65.1119, "rgb_l2": 2.62, "lab_l1_a": 0.00257, "lab_l1_b": 0.00727,
+        "lab_l2_a": 0.01721, "lab_l2_b": 0.03316, "rgb_l1_r": 64.6078, "rgb_l1_g": 38.5994,
+        "rgb_l1_b": 92.1283, "rgb_l2_r": 3.4531, "rgb_l2_g": 1.0253, "rgb_l2_b": 3.8046, "fid": 42.1593}),
+    PaperRow("ResNet-18 (Pre-trained), RGB", "resnet18", "rgb", "pretrained",
+             {"rgb_l1": 125.5554, "rgb_l2": 9.04}),
+    PaperRow("Vanilla/Basic U-Net, RGB", "unet", "rgb", None,
+             {"rgb_l1": 77.3273, "rgb_l2": 3.986, "fid": 152.7216}),
+)
+
+DEFINITIONS = """\
+Definitions (all on the same test tiles; "mean" is over all pixels of all test tiles):
+- RGB L1 / L2: mean absolute / squared difference of prediction and truth on the 0-255 scale
+  (predictions not rounded); the overall value is the mean of the R, G and B channel values.
+- Lab L1 / L2: the same in CIE L\\*a\\*b\\* units (D65; L in [0, 100], a\\*b\\* about [-110, 110]);
+  a\\*b\\* L1 / L2 is the mean over the a\\* and b\\* channels.
+- PSNR: 10 log10(255^2 / MSE), MSE over all channels and pixels of a tile, then averaged over tiles
+  (scikit-image convention, no border crop). SSIM: Wang et al. 2004 with a Gaussian window
+  (sigma 1.5, 11 taps), population covariances, data range 255, per channel, then averaged over
+  channels and tiles (scikit-image `gaussian_weights=True, use_sample_covariance=False`).
+- Colourfulness: Hasler & Suesstrunk (2003) on the 0-255 scale, averaged over tiles (grey = 0).
+- FID: Frechet distance between InceptionV3 (pytorch-fid weights) features of the predictions and
+  of the true tiles, images resized bilinearly to 299 px. Inception features are learnt on
+  ImageNet photos and untested on astronomical images.
+- Grey baseline: the input itself (L kept, a\\*b\\* = 0), i.e. a colorizer that does nothing.
+- Paper columns: the values published in the paper, on their data with an undefined scale;
+  they are not comparable to ours, only shown beside them."""
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:.1f}"
+    return f"{x:.3f}" if abs(x) >= 1 else f"{x:.4f}"
+
+
+def _paper(row: PaperRow | None, key: str) -> str:
+    return repr(row.values[key]) if row is not None and key in row.values else "—"  # as published
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One evaluated predictor: the grey baseline or a model at one training stage."""
+
+    label: str
+    space: str
+    metrics: dict
+    paper: PaperRow | None
+
+
+def _family(generator: str) -> str:
+    return "resnet18" if "resnet18" in generator else "unet" if "unet" in generator else generator
+
+
+def _rows(metrics: dict, params: dict) -> tuple[Row, list[Row], list[PaperRow]]:
+    """The grey row, our model rows (metrics order, pretrained first), and paper rows left unmatched."""
+    zoo = params.get("colorize", {}).get("zoo", {})
+    grey = Row("grey baseline (a\\*b\\* = 0)", "—", metrics["grey"], None)
+    rows, used = [], set()
+    for name, stages in metrics.items():
+        if name in TOP_LEVEL or not isinstance(stages, dict):
+            continue
+        spec = zoo.get(name, {})
+        space, family = spec.get("color_space", "?"), _family(spec.get("generator", "?"))
+        for stage in (s for s in STAGES if s in stages):
+            paper = next((p for p in PAPER_ROWS if (p.family, p.space) == (family, space)
+                          and p.stage in (None, stage) and p.label not in used), None)
+            if paper is not None:
+                used.add(paper.label)
+            rows.append(Row(f"{name} ({stage})", space, stages[stage], paper))
+    return grey, rows, [p for p in PAPER_ROWS if p.label not in used]
+
+
+def _section(title: str, headers: Sequence[str], ours: Sequence[str], theirs: Sequence[str],
+             rows: Sequence[Row], unmatched: Sequence[PaperRow], note: str = "") -> str:
+    """A table: label, colour space, our ``ours`` metric keys, then the paper's ``theirs`` keys."""
+    body = [[r.label, r.space, *(_fmt(r.metrics.get(k)) for k in ours), *(_paper(r.paper, k) for k in theirs)]
+            for r in rows]
+    body += [[f"paper only: {p.label}", p.space, *("—" for _ in ours), *(_paper(p, k) for k in theirs)]
+             for p in unmatched if any(k in p.values for k in theirs)]
+    return f"### {title}\n\n{note}{_table(headers, body)}\n"
+
+
+def _verdicts(grey: Row, rows: Sequence[Row]) -> str:
+    g = grey.metrics["ab_l1"]
+    lines = []
+    for r in rows:
+        m = r.metrics["ab_l1"]
+        if g <= 0:
+            lines.append(f"- **{r.label}**: a\\*b\\* L1 = {_fmt(m)}; the grey baseline scores 0, "
+                         "so no ratio is defined.")
+            continue
+        ratio = round(m / g, 3)  # the verdict follows the ratio as printed, so they never disagree
+        verdict = ("beats the grey baseline" if ratio < 1 else
+                   "is worse than the grey baseline (doing nothing)" if ratio > 1 else
+                   "ties with the grey baseline")
+        lines.append(f"- **{r.label}** {verdict} on a\\*b\\* L1: {_fmt(m)} vs {_fmt(g)} "
+                     f"(ratio model/grey = {ratio:.3f}).")
+    return "\n".join(lines) if lines else "- No models were evaluated."
+
+
+def _table2(grey: Row, rows: Sequence[Row]) -> str:
+    """Paper Table 2's shape: distance x (R, G, B) for the fine-tuned models, grey and paper beside."""
+    ft = [r for r in rows if r.label.endswith("(finetuned)")]
+    paper_ft = next(p for p in PAPER_ROWS if p.stage == "finetuned")
+    body = []
+    for dist in ("l1", "l2"):
+        keys = [f"rgb_{dist}_{c}" for c in "rgb"]
+        body += [[dist.upper(), r.label, *(_fmt(r.metrics[k]) for k in keys)] for r in (grey, *ft)]
+        body.append([dist.upper(), f"{paper_ft.label}: {PAPER}", *(_paper(paper_ft, k) for k in keys)])
+    note = "" if ft else "No fine-tuned model is listed in `colorize.finetune`.\n\n"
+    return (f"### Table 2: RGB channel averages of the fine-tuned model(s)\n\n{note}"
+            f"{_table(['Distance', 'Predictor', 'Red', 'Green', 'Blue'], body)}\n")
+
+
+def render_colorization_report(metrics: dict, params: dict) -> str:
+    """The colorization section of report.md (paper Tables 1-5) from ``colorization.json``'s dict.
+
+    ``params`` supplies each model's generator and colour space (``colorize.zoo``), which match our
+    rows to the paper's. Returns markdown starting with "## Colorization", ending in a newline.
+    """
+    grey, rows, unmatched = _rows(metrics, params)
+    allr = [grey, *rows]
+    rgb_ch = [f"rgb_{d}_{c}" for d in ("l1", "l2") for c in "rgb"]
+    lab_ab = ["lab_l1_a", "lab_l1_b", "lab_l2_a", "lab_l2_b"]
+    fid_note = (f"FID not computed: {metrics['fid_reason']}\n\n" if metrics.get("fid_reason") else "")
+    colour_truth = Row("truth (the test tiles)", "—", {"colourfulness": metrics["colourfulness_truth"]}, None)
+    parts = [
+        "## Colorization\n",
+        f"Test set: {metrics['test_tiles']} tiles from {metrics['test_images']} images "
+        f"({metrics['grey_tiles_skipped']} grey tiles skipped: they have no colour to predict).\n",
+        DEFINITIONS + "\n",
+        "### Does any model beat doing nothing? (a\\*b\\* L1, model / grey baseline)\n\n"
+        + _verdicts(grey, rows) + "\n",
+        _section("Table 1: L1 and L2 distance to the truth in RGB (0-255 scale)",
+                 ["Model", "Colour space", "L1", "L2", "PSNR (dB)", "SSIM",
+                  f"L1, {PAPER}", f"L2, {PAPER}"],
+                 ["rgb_l1", "rgb_l2", "psnr", "ssim"], ["rgb_l1", "rgb_l2"], allr, unmatched),
+        _table2(grey, rows),
+        _section("Table 3: a\\* and b\\* channel distances in L\\*a\\*b\\* (CIE units)",
+                 ["Model", "Colour space", "L1 a", "L1 b", "L2 a", "L2 b", "a\\*b\\* L1", "a\\*b\\* L2",
+                  *(f"{c}, {PAPER}" for c in ("L1 a", "L1 b", "L2 a", "L2 b"))],
+                 [*lab_ab, "ab_l1", "ab_l2"], lab_ab, allr, unmatched),
+        _section("Table 4: RGB per-channel distances (0-255 scale), pre-trained and fine-tuned",
+                 ["Model", "Colour space", "L1 R", "L1 G", "L1 B", "L2 R", "L2 G", "L2 B",
+                  *(f"{c}, {PAPER}" for c in ("L1 R", "L1 G", "L1 B", "L2 R", "L2 G", "L2 B"))],
+                 rgb_ch, rgb_ch, allr, unmatched),
+        _section("Table 5: Frechet Inception Distance to the true tiles, and colourfulness",
+                 ["Model", "Colour space", "FID", "Colourfulness", f"FID, {PAPER}"],
+                 ["fid", "colourfulness"], ["fid"], [*allr, colour_truth], unmatched, fid_note),
+    ]
+    return "\n".join(parts)
+
+
+def render_report(colorization: dict, params: dict, sections: Sequence[str] = ()) -> str:
+    """The whole report.md: a title, the colorization section, then ``sections`` in order.
+
+    A later super-resolution evaluation renders its own section (paper Tables 6-7, a markdown
+    string starting with "## Super-resolution") and passes it in ``sections``.
+    """
+    head = ("# astrogan evaluation report\n\n"
+            "Generated by `python -m pipeline.stages.evaluate` from the metrics JSON; "
+            "our numbers are on our data and state their definitions.\n")
+    return "\n".join([head, render_colorization_report(colorization, params), *sections])
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """Cut each line of ``text`` until it fits ``width`` px (ellipsis marks a cut)."""
+    lines = []
+    for line in text.split("\n"):
+        cut = line
+        while cut and draw.textlength(cut if cut == line else cut + "…", font=font) > width:
+            cut = cut[:-1]
+        lines.append(line if cut == line else cut + "…")
+    return "\n".join(lines)
+
+
+def image_grid(columns: Sequence[tuple[str, torch.Tensor]], cell: int = GRID_CELL) -> Image.Image:
+    """One column per (title, RGB batch (G, 3, H, W) in [0, 1]), one row per sample, as paper Fig. 7.
+
+    Tiles are resized to ``cell`` px (Lanczos down, nearest up); titles (up to two lines) are drawn
+    above each column in PIL's default font. Deterministic: same tensors, same pixels.
+    """
+    rows = min(len(t) for _, t in columns)
+    font = ImageFont.load_default()
+    title_h, gap = 30, 2
+    width = len(columns) * (cell + gap) + gap
+    grid = Image.new("RGB", (width, title_h + rows * (cell + gap) + gap), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (title, batch) in enumerate(columns):
+        x = gap + c * (cell + gap)
+        draw.multiline_text((x + 2, 3), _fit(draw, title, font, cell - 4), fill="black", font=font)
+        u8 = (batch[:rows].detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        for r, img in enumerate(u8.permute(0, 2, 3, 1).numpy()):
+            tile = Image.fromarray(img, "RGB")
+            if tile.size != (cell, cell):
+                how = Image.Resampling.LANCZOS if tile.width > cell else Image.Resampling.NEAREST
+                tile = tile.resize((cell, cell), how)
+            grid.paste(tile, (x, title_h + gap + r * (cell + gap)))
+    return grid
+
+
+def save_grid(path: str | os.PathLike, columns: Sequence[tuple[str, torch.Tensor]],
+              cell: int = GRID_CELL) -> int:
+    """Write ``image_grid(columns, cell)`` as PNG atomically; returns its size in bytes."""
+    buf = io.BytesIO()
+    image_grid(columns, cell).save(buf, format="PNG", optimize=True)
+    write_bytes_atomic(path, buf.getvalue())
+    return len(buf.getvalue())
