@@ -42,7 +42,8 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     lab = lab.float()
     L, a, b = lab.unbind(-3)
     fy = (L + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=-3)
+    # z's f is clipped at 0 as skimage does: strongly yellow a*b (b >> L) would otherwise go negative
+    f = torch.stack([fy + a / 500, fy, (fy - b / 200).clamp_min(0)], dim=-3)
     xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787)
     xyz = xyz * _shape(_WHITE_D65, xyz)
     lin = _mix(torch.linalg.inv(_RGB2XYZ.double()).float(), xyz).clamp_min(0)

@@ -51,26 +51,42 @@ def load_tiles(tiles_dir: str | os.PathLike, tile_ids: Sequence[str]) -> torch.T
 
 def random_crops(images: torch.Tensor | Sequence[torch.Tensor], batch: int, crop: int,
                  generator: torch.Generator) -> torch.Tensor:
-    """A batch of random ``crop`` x ``crop`` patches with random horizontal/vertical flips.
+    """A batch of random ``crop`` x ``crop`` patches, each with its own random h/v flips.
 
     ``images`` is a uint8 tensor (N, 3, H, W) or a list of (3, H_i, W_i) tensors of varying size.
+    ``generator`` is a CPU ``torch.Generator``; the same generator state gives the same batch.
     Returns float RGB in [0, 1], (batch, 3, crop, crop), on the images' device.
     """
     n = len(images)
-    idx = torch.randint(n, (batch,), generator=generator).tolist()
-    out = []
-    for i in idx:
-        img = images[i]
-        h, w = img.shape[-2:]
-        if h < crop or w < crop:
-            raise ValueError(f"image {i} is {w}x{h}, smaller than the {crop} px crop; lower the crop")
-        y = int(torch.randint(h - crop + 1, (1,), generator=generator))
-        x = int(torch.randint(w - crop + 1, (1,), generator=generator))
-        out.append(img[:, y:y + crop, x:x + crop])
-    batch_t = torch.stack(out).float().div_(255.0)
-    flips = torch.rand(2, generator=generator).tolist()
-    if flips[0] < 0.5:
-        batch_t = batch_t.flip(-1)
-    if flips[1] < 0.5:
-        batch_t = batch_t.flip(-2)
-    return batch_t
+    if n == 0:
+        raise ValueError("no images to crop from")
+    idx = torch.randint(n, (batch,), generator=generator)
+    if isinstance(images, torch.Tensor):
+        sizes = torch.tensor(images.shape[-2:]).expand(batch, 2)
+    else:
+        sizes = torch.tensor([tuple(images[i].shape[-2:]) for i in idx.tolist()]).view(batch, 2)
+    small = (sizes < crop).any(1)
+    if small.any():
+        i = int(idx[small.nonzero()[0, 0]])
+        h, w = images[i].shape[-2:]
+        raise ValueError(f"image {i} is {w}x{h}, smaller than the {crop} px crop; lower the crop")
+    # Top-left corners, uniform over the valid range of each sample's own image; flips per sample.
+    u = torch.rand(batch, 2, generator=generator)
+    y0, x0 = (u * (sizes - crop + 1)).long().clamp_max_(sizes - crop).unbind(1)
+    flip_h, flip_v = (torch.rand(batch, 2, generator=generator) < 0.5).unbind(1)
+    if isinstance(images, torch.Tensor):
+        # One gather for the whole batch: row/column index grids per sample, flips folded into them.
+        dev = images.device
+        r = torch.arange(crop)
+        rows = y0[:, None] + torch.where(flip_v[:, None], crop - 1 - r, r)       # (B, crop)
+        cols = x0[:, None] + torch.where(flip_h[:, None], crop - 1 - r, r)       # (B, crop)
+        out = images[idx.to(dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                     rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
+        return out.float().div_(255.0)
+    # Images of different sizes cannot be gathered at once: slice each, then flip the batch at once.
+    out = torch.stack([images[i][:, y:y + crop, x:x + crop]
+                       for i, y, x in zip(idx.tolist(), y0.tolist(), x0.tolist(), strict=True)])
+    out = out.float().div_(255.0)
+    dev = out.device
+    out = torch.where(flip_h.to(dev)[:, None, None, None], out.flip(-1), out)
+    return torch.where(flip_v.to(dev)[:, None, None, None], out.flip(-2), out)

@@ -16,7 +16,8 @@ PARAMS_FILE = Path(os.environ.get("ASTROGAN_PARAMS", "params.yaml"))
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Return params.yaml as a dict (``ASTROGAN_PARAMS`` overrides the path)."""
-    p = Path(path) if path is not None else PARAMS_FILE
+    # The env var is read per call (not only at import), so tests and wrappers can point at a file.
+    p = Path(path) if path is not None else Path(os.environ.get("ASTROGAN_PARAMS", PARAMS_FILE))
     if not p.is_file():
         raise SystemExit(f"{p}: params file not found; run from the project root (where dvc.yaml is)")
     with p.open() as f:

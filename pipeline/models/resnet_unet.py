@@ -1,0 +1,109 @@
+"""U-Net on a clipped ResNet-18 encoder: the colorization generator.
+
+The encoder is torchvision's ResNet-18 (He et al. 2016, "Deep Residual Learning for Image
+Recognition") cut after ``layer3``: the paper "clips half its layers", so ``layer4``, ``avgpool`` and
+``fc`` are dropped. The decoder is a U-Net (Ronneberger et al. 2015) of upsample + conv blocks with
+skips from every encoder scale, as in pix2pix colorization (Isola et al. 2017) and the fastai
+"DynamicUnet" recipe of colorizing with an ImageNet-pretrained ResNet encoder.
+
+Shapes: input (N, in_channels, H, W), H and W divisible by 16, the CIE L channel scaled to [-1, 1];
+output (N, out_channels, H, W) in [-1, 1] (tanh): a*b / 110 (2 channels) or RGB * 2 - 1 (3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+STRIDE = 16  # the encoder's total downsampling: inputs must be multiples of it
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet ResNet-18 weights via the torchvision weights API (torch hub cache first)."""
+    # torch.hub announces a download on stdout; keep that only when the download worked, so an
+    # offline run prints just the one-line notice below.
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+    sys.stdout.write(said.getvalue())
+    return state
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class UpBlock(nn.Module):
+    """x2 bilinear upsample, concat the skip, two conv3x3-BN-ReLU: (N, cin, h, w) -> (N, cout, 2h, 2w)."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.conv = nn.Sequential(_conv_bn_relu(cin + cskip, cout), _conv_bn_relu(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class ResNet18UNet(nn.Module):
+    """U-Net generator on a ResNet-18 encoder clipped after ``layer3``.
+
+    Args (keyword-only; all JSON-able, so checkpoints can rebuild the model):
+        out_channels: 2 (Lab: a*b / 110) or 3 (RGB * 2 - 1). Default 2.
+        encoder_weights: ``"imagenet"`` (torchvision ``ResNet18_Weights.IMAGENET1K_V1``; random init
+            with a one-line notice when they cannot be had, e.g. offline) or ``None`` (random init).
+        in_channels: input channels, default 1 (L). With ImageNet weights, conv1's RGB filters are
+            summed over their input channels (averaged and repeated when in_channels > 1).
+        decoder_channels: widths of the four decoder blocks (1/8, 1/4, 1/2, 1/1 scale).
+
+    Skips: conv1-relu (64 ch, 1/2), layer1 (64, 1/4), layer2 (128, 1/8); layer3 (256, 1/16) is the
+    bottleneck. After construction ``encoder_weights_used`` is "imagenet" or "random" and
+    ``encoder_weights_reason`` says why.
+    """
+
+    def __init__(self, *, out_channels: int = 2, encoder_weights: str | None = None, in_channels: int = 1,
+                 decoder_channels: tuple[int, int, int, int] | list[int] = (128, 64, 64, 32)):
+        super().__init__()
+        if encoder_weights not in (None, "imagenet"):
+            raise ValueError(f"encoder_weights={encoder_weights!r}; use 'imagenet' or None")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        net = resnet18(weights=None)
+        self.encoder_weights_used, self.encoder_weights_reason = "random", "not requested"
+        if encoder_weights == "imagenet":
+            try:
+                net.load_state_dict(_imagenet_state_dict())
+                self.encoder_weights_used = "imagenet"
+                self.encoder_weights_reason = "torchvision ResNet18_Weights.IMAGENET1K_V1"
+            except Exception as e:  # offline, proxy, corrupt cache: all mean "no pretrained weights"
+                reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                print(f"encoder weights: imagenet unavailable ({reason}); using random init")
+                self.encoder_weights_reason = reason
+        if in_channels != 3:
+            w = net.conv1.weight.data  # (64, 3, 7, 7); summing keeps the response to a grey image
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            net.conv1.weight.data = w.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)        # 1/2, 64
+        self.pool, self.layer1 = net.maxpool, net.layer1                # 1/4, 64
+        self.layer2, self.layer3 = net.layer2, net.layer3               # 1/8, 128; 1/16, 256
+        c3, c2, c1, c0 = decoder_channels
+        self.up3 = UpBlock(256, 128, c3)           # -> 1/8
+        self.up2 = UpBlock(c3, 64, c2)             # -> 1/4
+        self.up1 = UpBlock(c2, 64, c1)             # -> 1/2
+        self.up0 = UpBlock(c1, in_channels, c0)    # -> 1/1, skip from the input itself
+        self.head = nn.Sequential(nn.Conv2d(c0, out_channels, 3, padding=1), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        assert h % STRIDE == 0 and w % STRIDE == 0, (
+            f"ResNet18UNet needs H and W divisible by {STRIDE}, got H={h}, W={w}; pad or crop the input")
+        s1 = self.stem(x)
+        s2 = self.layer1(self.pool(s1))
+        s3 = self.layer2(s2)
+        b = self.layer3(s3)
+        d = self.up1(self.up2(self.up3(b, s3), s2), s1)
+        return self.head(self.up0(d, x))

@@ -1,0 +1,84 @@
+"""Stage ``finetune``: fine-tune a pretrained colorizer as a pix2pix conditional GAN on astronomy tiles.
+
+    python -m pipeline.stages.finetune <name>      # <name> in params.yaml colorize.zoo
+
+Starts from ``<paths.colorize_models>/<name>/pretrained.pt``, trains on the colour tiles of
+``<paths.split>/train.csv`` (rows with grey == "1" carry no colour and are skipped), and writes
+``finetuned.pt`` + ``finetuned.card.json`` beside it and the loss curves
+``<paths.metrics>/plots/finetune/<name>.csv``. Killed runs resume on rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from pipeline.data import load_tiles, read_split
+from pipeline.fsio import sha256_file
+from pipeline.models import discriminator_class, load_generator, out_channels
+from pipeline.params import load_params, params_hash, seed_everything
+from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+
+PHASE = "finetune"
+
+
+def load_colour_tiles(tiles_dir: Path, split_dir: Path, crop: int) -> tuple[torch.Tensor, dict]:
+    """The train split's colour tiles as uint8 (N, 3, S, S), and facts about them for the card."""
+    rows = read_split(split_dir, "train")
+    split_file = split_dir / "train.csv"
+    colour = [r["tile_id"] for r in rows if r.get("grey", "0") != "1"]
+    if not colour:
+        raise SystemExit(f"{split_file}: none of its {len(rows)} train tiles has colour (all grey == 1); "
+                         "add colour images (scrape.sources) and rerun `dvc repro split`")
+    try:
+        tiles = load_tiles(tiles_dir, colour)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
+                         ) from None
+    if min(tiles.shape[-2:]) < crop:
+        raise SystemExit(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
+                         "lower finetune.crop or raise tile.size")
+    facts = {"split": str(split_file), "split_sha256": sha256_file(split_file), "tiles": len(colour),
+             "grey_skipped": len(rows) - len(colour), "pixels_sha256": images_sha256(tiles)}
+    return tiles, facts
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="colorizer name in params.yaml colorize.zoo")
+    name = ap.parse_args(argv).name
+    params = load_params()
+    paths, entry = params["paths"], zoo_entry(params, name)
+    cfg = TrainConfig.from_params(params, PHASE)
+    tiles, data = load_colour_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop)
+
+    pretrained = Path(paths["colorize_models"]) / name / "pretrained.pt"
+    G, meta = load_generator(pretrained)
+    if (meta["arch"], meta["color_space"]) != (entry["generator"], entry["color_space"]):
+        raise SystemExit(f"{pretrained}: is a {meta['arch']}/{meta['color_space']} model but colorize.zoo."
+                         f"{name} asks for {entry['generator']}/{entry['color_space']}; rerun pretrain")
+    data["pretrained_sha256"] = sha256_file(pretrained)
+    seed_everything(cfg.seed)
+    d_arch = entry["discriminator"]
+    d_kwargs = {"in_channels": 1 + out_channels(entry["color_space"])}
+    D = discriminator_class(d_arch)(**d_kwargs)
+
+    read = phase_params(params, name, PHASE)
+    run = Run(name=name, phase=PHASE, G=G, D=D, color_space=entry["color_space"], images=tiles,
+              run_hash=params_hash({"params": read, "data": data}),
+              resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
+              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv")
+    result = fit(run, cfg)
+    out = pretrained.with_name("finetuned.pt")
+    card = finish(run, cfg, result, out_path=out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"],
+                  card={"discriminator": {"arch": d_arch, "kwargs": d_kwargs}, "gan_loss": cfg.gan_loss,
+                        "l1_weight": cfg.l1_weight,
+                        "encoder_weights": meta.get("card", {}).get("encoder_weights"),
+                        "params": read, "data": data})
+    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Stage ``pretrain``: L1-pretrain a colorization generator on natural photos.
+
+    python -m pipeline.stages.pretrain <name>      # <name> in params.yaml colorize.zoo
+
+Reads ``<paths.natural>/manifest.jsonl`` (records with ``file``, a name inside paths.natural) and
+writes ``<paths.colorize_models>/<name>/pretrained.pt`` + ``pretrained.card.json`` and the loss curve
+``<paths.metrics>/plots/pretrain/<name>.csv`` (step, loss_g_l1). Killed runs resume on rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data import load_rgb
+from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
+from pipeline.models import generator_class, out_channels
+from pipeline.params import load_params, params_hash, seed_everything
+from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+
+PHASE = "pretrain"
+
+
+def load_photos(natural_dir: Path, crop: int) -> tuple[list[torch.Tensor], Path]:
+    """Every photo of the manifest as a uint8 tensor (3, H, W); returns (photos, manifest path)."""
+    manifest = natural_dir / MANIFEST
+    if not manifest.is_file():
+        raise SystemExit(f"{manifest}: missing; run `dvc repro natural` first")
+    records = read_jsonl(manifest)
+    if not records:
+        raise SystemExit(f"{manifest}: lists no photos; rerun `dvc repro natural` (see params natural.*)")
+    photos = []
+    for rec in tqdm(records, desc="loading photos"):
+        path = natural_dir / rec["file"]
+        try:
+            rgb = load_rgb(path)
+        except OSError as e:
+            raise SystemExit(f"{path}: cannot read photo ({e}); rerun `dvc repro natural`") from None
+        if min(rgb.shape[:2]) < crop:
+            raise SystemExit(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {crop} px crop; "
+                             "lower pretrain.crop or raise natural.size")
+        photos.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))  # a writable copy
+    return photos, manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="colorizer name in params.yaml colorize.zoo")
+    name = ap.parse_args(argv).name
+    params = load_params()
+    paths, entry = params["paths"], zoo_entry(params, name)
+    cfg = TrainConfig.from_params(params, PHASE)
+    photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
+
+    seed_everything(cfg.seed)
+    weights = params["model"]["encoder_weights"]
+    arch = entry["generator"]
+    arch_kwargs = {"out_channels": out_channels(entry["color_space"]), "in_channels": 1,
+                   "encoder_weights": None if weights in (None, "none") else weights}
+    G = generator_class(arch)(**arch_kwargs)
+    encoder = {"requested": weights, "used": getattr(G, "encoder_weights_used", None),
+               "reason": getattr(G, "encoder_weights_reason", None)}
+
+    read = phase_params(params, name, PHASE)
+    data = {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest), "photos": len(photos),
+            "pixels_sha256": images_sha256(photos)}
+    run = Run(name=name, phase=PHASE, G=G, D=None, color_space=entry["color_space"], images=photos,
+              run_hash=params_hash({"params": read, "data": data}),
+              resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
+              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              meta={"encoder_weights": encoder})
+    result = fit(run, cfg)
+    out = Path(paths["colorize_models"]) / name / "pretrained.pt"
+    card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
+                  card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data})
+    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+
+
+if __name__ == "__main__":
+    main()

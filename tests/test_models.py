@@ -1,0 +1,122 @@
+"""Generator and discriminator shapes/ranges, the ImageNet weights path (offline), checkpoints."""
+
+import urllib.error
+
+import pytest
+import torch
+
+from pipeline.models import discriminator_class, generator_class, load_generator, out_channels, save_generator
+from pipeline.models.patchgan import PatchGAN
+from pipeline.models.resnet_unet import ResNet18UNet
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's IMAGENET1K_V1 caches under
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache whose downloads fail as they do without network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.mark.parametrize("space", ["lab", "rgb"])
+def test_generator_shapes_and_range(space):
+    torch.manual_seed(0)
+    G = ResNet18UNet(out_channels=out_channels(space)).eval()
+    x = torch.rand(2, 1, 32, 64) * 2 - 1
+    with torch.no_grad():
+        y = G(x)
+    assert y.shape == (2, out_channels(space), 32, 64)
+    assert y.min() >= -1 and y.max() <= 1 and torch.isfinite(y).all()
+    assert G.encoder_weights_used == "random" and G.encoder_weights_reason == "not requested"
+
+
+def test_generator_is_a_unet_clipped_after_layer3():
+    G = ResNet18UNet()
+    names = {n.split(".")[0] for n, _ in G.named_parameters()}
+    assert {"layer1", "layer2", "layer3"} <= names and not names & {"layer4", "fc"}
+    assert G.stem[0].in_channels == 1
+    assert generator_class("resnet18_unet") is ResNet18UNet
+
+
+def test_generator_rejects_sizes_not_divisible_by_16():
+    G = ResNet18UNet()
+    with pytest.raises(AssertionError, match="divisible by 16, got H=32, W=40"):
+        G(torch.zeros(1, 1, 32, 40))
+
+
+def test_generator_rejects_unknown_weights():
+    with pytest.raises(ValueError, match="encoder_weights"):
+        ResNet18UNet(encoder_weights="places365")
+
+
+def test_imagenet_weights_unavailable_falls_back_with_one_line(offline_hub, capsys):
+    G = ResNet18UNet(encoder_weights="imagenet")
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "encoder weights: imagenet unavailable (URLError: <urlopen error offline (test)>); using random init"]
+    assert G.encoder_weights_used == "random"
+    assert "offline (test)" in G.encoder_weights_reason
+    assert G(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_imagenet_weights_come_from_the_hub_cache(offline_hub, capsys):
+    """A cached file is used without any download, and conv1 becomes the sum over RGB."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    reference = resnet18(weights=None).state_dict()
+    offline_hub.mkdir(parents=True)
+    torch.save(reference, offline_hub / RESNET18_FILE)
+    G = ResNet18UNet(encoder_weights="imagenet", out_channels=3)
+    assert capsys.readouterr().out == ""
+    assert G.encoder_weights_used == "imagenet"
+    assert torch.equal(G.stem[0].weight, reference["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(G.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
+
+
+@pytest.mark.parametrize("size,grid", [((32, 32), (2, 2)), ((64, 96), (6, 10)), ((256, 256), (30, 30))])
+def test_patchgan_logit_grid(size, grid):
+    D = PatchGAN(in_channels=3, ndf=8)
+    assert D(torch.zeros(2, 3, *size)).shape == (2, 1, *grid)
+
+
+def test_patchgan_layers_and_init():
+    torch.manual_seed(0)
+    D = PatchGAN(in_channels=4)
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
+    assert [c.stride[0] for c in convs] == [2, 2, 2, 1, 1]
+    assert abs(convs[3].weight.std().item() - 0.02) < 0.002
+    assert discriminator_class("patchgan") is PatchGAN
+    assert PatchGAN(in_channels=3, ndf=8, norm="instance")(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+
+
+def test_patchgan_in_channels_must_match():
+    D = PatchGAN(in_channels=3, ndf=8)
+    with pytest.raises(ValueError, match="built for 3 input channels got 4"):
+        D(torch.zeros(1, 4, 32, 32))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    G = ResNet18UNet(out_channels=2)
+    G.train()(torch.rand(2, 1, 32, 32))  # moves BatchNorm running stats off their defaults
+    kwargs = {"out_channels": 2, "in_channels": 1, "encoder_weights": "imagenet"}
+    path = tmp_path / "m" / "pretrained.pt"
+    save_generator(path, G, arch="resnet18_unet", arch_kwargs=kwargs, color_space="lab", step=7,
+                   card={"name": "t"})
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert blob["arch"] == "resnet18_unet" and blob["step"] == 7 and blob["card"] == {"name": "t"}
+    H, meta = load_generator(path)  # rebuilt with encoder_weights=None: no download attempted
+    assert not H.training and meta["arch_kwargs"] == kwargs and meta["color_space"] == "lab"
+    for (k, a), (k2, b) in zip(G.state_dict().items(), H.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    x = torch.rand(1, 1, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(G.eval()(x), H(x))
