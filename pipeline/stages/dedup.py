@@ -130,8 +130,8 @@ def load_records(raw: Path, sources: list[str]) -> list[dict]:
         if not manifest.is_file():
             raise SystemExit(f"{manifest}: missing; run `dvc repro scrape@{s}` first")
         for r in read_jsonl(manifest):
-            if r.get("kind", "image") != "image":
-                continue  # e.g. the HLA's raw FITS kept beside its colour preview
+            if r.get("kind") == "fits":
+                continue  # the HLA's raw FITS kept beside its colour preview: not for tiling
             name = r.get("file") or next((p.name for p in (raw / s).glob(f"{glob_escape(r['id'])}.*")), None)
             if name and (raw / s / name).is_file():
                 records[r["id"]] = {**r, "path": (raw / s / name).as_posix()}

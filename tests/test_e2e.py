@@ -1,0 +1,112 @@
+"""The whole DAG, as a user runs it, on tiny params in a temporary clone of the project.
+
+Runs `dvc repro` (every stage for real: scrape, natural, dedup, tile, split, pretrain, finetune,
+evaluate), checks every metric is a finite number (FID may be null, with a reason), that a second
+`dvc repro` does nothing, and that `dvc exp run -S lr=...` changes what `dvc metrics diff` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "scrape": {"limit": 6},
+    "natural": {"size": 96},
+    "tile": {"size": 128, "stride": 192},
+    "pretrain": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
+    "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
+    "evaluate": {"batch_size": 8, "grid_samples": 2},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    env.pop("ASTROGAN_PARAMS", None)
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n"
+                             f"{res.stderr[-4000:]}")
+    return res.stdout + res.stderr
+
+
+def _clone(dest: Path) -> None:
+    """Copy the project's source files (not data, models, venv or caches) into a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if f.startswith(("metrics/", "dvc.lock")) or not src.is_file():
+            continue  # start from a clean slate: the run must produce these itself
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / f)
+
+
+def _finite_numbers(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _finite_numbers(v, f"{path}.{k}" if path else k)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def test_whole_dag_on_tiny_params(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    _clone(proj)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    (proj / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    _run(["git", "init", "-q"], proj)
+    _run(["git", "add", "-A"], proj)
+    _run(["git", "commit", "-qm", "tiny"], proj)
+
+    out = _run(["dvc", "repro"], proj)
+    for stage in ("scrape@embedded", "natural", "dedup", "tile", "split", "pretrain@resnet18_lab",
+                  "finetune@resnet18_lab", "evaluate"):
+        assert f"'{stage}'" in out, f"stage {stage} did not run:\n{out[-3000:]}"
+
+    metrics = json.loads((proj / "metrics/colorization.json").read_text())
+    numbers = dict(_finite_numbers(metrics))
+    for key in ("grey.ab_l1", "resnet18_lab.pretrained.rgb_l1_r", "resnet18_lab.finetuned.lab_l2_b",
+                "resnet18_lab.finetuned.psnr", "resnet18_lab.finetuned.ssim"):
+        assert key in numbers and math.isfinite(numbers[key]), key
+    assert all(math.isfinite(v) for v in numbers.values())
+    fid = metrics["resnet18_lab"]["finetuned"]["fid"]
+    assert fid is None or math.isfinite(fid)
+    if fid is None:
+        assert metrics["fid_reason"]
+    assert (proj / "metrics/report.md").read_text().count("|") > 20
+    assert (proj / "metrics/figures/colorization_grid.png").stat().st_size > 1000
+    card = json.loads((proj / "models/colorize/resnet18_lab/finetuned.card.json").read_text())
+    assert card["encoder_weights"]["used"] in ("imagenet", "random")
+
+    again = _run(["dvc", "repro"], proj)
+    assert "up to date" in again.lower() and "Running stage" not in again
+
+    _run(["git", "add", "-A"], proj)
+    _run(["git", "commit", "-qm", "baseline run"], proj)
+    _run(["dvc", "exp", "run", "-S", "lr=0.0001"], proj)
+    diff = _run(["dvc", "metrics", "diff", "--json"], proj)
+    changed = json.loads(diff)
+    rows = changed.get("metrics/colorization.json", {})
+    assert any(k.startswith("resnet18_lab.") for k in rows), diff[:2000]
