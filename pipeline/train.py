@@ -1,8 +1,13 @@
-"""Training for the colorizers: L1 pretraining and pix2pix GAN fine-tuning, resumable after kill -9.
+"""Training for colorization and super-resolution: pixel-loss pretraining and GAN fine-tuning,
+resumable after kill -9.
 
 One flat loop (:func:`fit`) in the style of nanoGPT's ``train.py``; one GAN step (:func:`gan_step`)
-with pix2pix's contract. Batches are random crops of in-memory uint8 images (``pipeline.data``),
-turned into (L, target) pairs on the device (``pipeline.colorizer.make_pair``).
+with pix2pix's contract, conditional (pix2pix: D sees input and output) or not (SRGAN: D sees only
+the HR image). Batches are random crops of in-memory uint8 images (``pipeline.data``), turned into
+(input, target) pairs on the device by the run's ``make_pair`` (``pipeline.colorizer.make_pair`` for
+the colorizers, ``pipeline.superres.make_pair`` for SR). The generator's objective (pixel loss kind
+and weight, adversarial weight, an extra term such as a perceptual loss) is the run's
+:class:`Objective`; its defaults are pix2pix's.
 
 Resume: every ``checkpoint_every`` steps the whole training state (models, optimizers, step, crop RNG,
 logged rows) goes atomically to ``<paths.resume>/colorize/<name>/<phase>.pt`` together with a hash of
@@ -108,34 +113,76 @@ def make_adam(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
 
 
+PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+ExtraLoss = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (log key, (fake, y) -> term)
+
+
+def pixel_loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The pixel loss by name: ``l1`` (mean |a - b|) or ``mse`` (mean (a - b)^2)."""
+    if kind not in PIXEL_LOSSES:
+        raise SystemExit(f"params.yaml: pixel loss {kind!r}; use one of {', '.join(PIXEL_LOSSES)}")
+    return PIXEL_LOSSES[kind]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the generator minimises. Defaults are pix2pix's (colorization): conditional D,
+    gan + l1_weight * L1 with ``pixel_weight=None`` meaning ``TrainConfig.l1_weight``.
+    SRGAN: unconditional D, pixel_weight 1 (L1 or MSE), adversarial_weight 1e-3, a VGG term."""
+
+    conditional: bool = True                 # D sees cat(x, y) (pix2pix) or y alone (SRGAN)
+    pixel_loss: str = "l1"                   # l1 | mse; logged as loss_g_<pixel_loss>
+    pixel_weight: float | None = None        # None: TrainConfig.l1_weight
+    adversarial_weight: float = 1.0
+    extra: ExtraLoss | None = None           # an extra generator term, already weighted (GAN phase only)
+
+    def fields(self, gan: bool) -> list[str]:
+        """The CSV columns of a phase: step, then the keys the step functions return."""
+        pix = f"loss_g_{self.pixel_loss}"
+        if not gan:
+            return ["step", pix]
+        return ["step", "loss_g_gan", pix, *([self.extra[0]] if self.extra else []), "loss_d", "loss_d_real",
+                "loss_d_fake"]
+
+
 def l1_step(G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
-    """One L1 regression step (pretraining): returns {"loss_g_l1": mean |G(x) - y|}."""
+            autocast: Callable[[], contextlib.AbstractContextManager], pixel_loss: str = "l1"
+            ) -> dict[str, float]:
+    """One pixel-regression step (pretraining): returns {"loss_g_<pixel_loss>": mean loss(G(x), y)}
+    (``pixel_loss`` "l1", the default, or "mse")."""
+    loss_fn = pixel_loss_fn(pixel_loss)
     opt.zero_grad(set_to_none=True)
     with autocast():
         fake = G(x)
-    loss = F.l1_loss(fake.float(), y.float())
+    loss = loss_fn(fake.float(), y.float())
     loss.backward()
     opt.step()
-    return {"loss_g_l1": loss.item()}
+    return {f"loss_g_{pixel_loss}": loss.item()}
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor, *, l1_weight: float, criterion: nn.Module,
-             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
-    """One pix2pix step (conditional GAN + L1). x: (N, 1, H, W) input; y: (N, C, H, W) target.
+             autocast: Callable[[], contextlib.AbstractContextManager], conditional: bool = True,
+             adversarial_weight: float = 1.0, pixel_loss: str = "l1", extra: ExtraLoss | None = None
+             ) -> dict[str, float]:
+    """One GAN step. x: (N, Cx, h, w) input; y: (N, C, H, W) target.
 
-    D learns real cat(x, y) vs fake cat(x, G(x).detach()) with loss (real + fake) / 2; then, with D
-    frozen, G minimises gan(D(cat(x, G(x))), real) + l1_weight * L1(G(x), y). Returns floats: loss_d,
-    loss_d_real, loss_d_fake, loss_g_gan, loss_g_l1 (un-weighted).
+    Conditional (pix2pix): D learns real cat(x, y) vs fake cat(x, G(x).detach()), so x and y share
+    H, W. Unconditional (SRGAN, ``conditional=False``): D sees y vs G(x).detach() alone. D's loss is
+    (real + fake) / 2; then, with D frozen, G minimises adversarial_weight * gan(D(fake), real) +
+    l1_weight * pixel(G(x), y) [+ the ``extra`` term, weighted by its maker]. Returns floats:
+    loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_<pixel_loss> (both un-weighted) and the
+    extra term's key (weighted) when given.
     """
+    loss_fn = pixel_loss_fn(pixel_loss)
+    d_in = (lambda out: torch.cat([x, out], 1)) if conditional else (lambda out: out)
     with autocast():
         fake = G(x)
     D.requires_grad_(True)
     opt_d.zero_grad(set_to_none=True)
     with autocast():
-        logits_real = D(torch.cat([x, y], 1)).float()
-        logits_fake = D(torch.cat([x, fake.detach()], 1)).float()  # detached: this loss must not reach G
+        logits_real = D(d_in(y)).float()
+        logits_fake = D(d_in(fake.detach())).float()  # detached: this loss must not reach G
     loss_d_real = criterion(logits_real, torch.ones_like(logits_real))
     loss_d_fake = criterion(logits_fake, torch.zeros_like(logits_fake))
     loss_d = (loss_d_real + loss_d_fake) / 2
@@ -145,14 +192,22 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     D.requires_grad_(False)  # G's loss flows through D; D's weights must neither change nor gather grads
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        logits = D(torch.cat([x, fake], 1)).float()
+        logits = D(d_in(fake)).float()
     loss_g_gan = criterion(logits, torch.ones_like(logits))
-    loss_g_l1 = F.l1_loss(fake.float(), y.float())
-    (loss_g_gan + l1_weight * loss_g_l1).backward()
+    loss_g_pix = loss_fn(fake.float(), y.float())
+    total = adversarial_weight * loss_g_gan + l1_weight * loss_g_pix
+    terms = [loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_pix]
+    keys = ["loss_d", "loss_d_real", "loss_d_fake", "loss_g_gan", f"loss_g_{pixel_loss}"]
+    if extra is not None:
+        term = extra[1](fake.float(), y.float())
+        total = total + term
+        terms.append(term)
+        keys.append(extra[0])
+    total.backward()
     opt_g.step()
     D.requires_grad_(True)
-    vals = torch.stack([loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_l1]).detach().tolist()  # 1 sync
-    return dict(zip(["loss_d", "loss_d_real", "loss_d_fake", "loss_g_gan", "loss_g_l1"], vals, strict=True))
+    vals = torch.stack(terms).detach().tolist()  # 1 sync
+    return dict(zip(keys, vals, strict=True))
 
 
 def images_sha256(images: torch.Tensor | Sequence[torch.Tensor]) -> str:
@@ -201,7 +256,11 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
 
 @dataclass
 class Run:
-    """What :func:`fit` trains and where it keeps its state. ``D`` is None for L1 pretraining."""
+    """What :func:`fit` trains and where it keeps its state. ``D`` is None for pixel-loss pretraining.
+
+    ``make_pair(rgb, gen)`` turns a crop batch (RGB in [0, 1]) into (input, target) on the device;
+    ``gen`` is the run's CPU generator (saved with the resume state), for random degradations.
+    None: the colorizer pair of ``color_space``."""
 
     name: str
     phase: str                              # pretrain | finetune
@@ -213,6 +272,8 @@ class Run:
     resume_path: Path
     csv_path: Path
     meta: dict = field(default_factory=dict)  # facts of the first start (e.g. encoder weights) kept on resume
+    make_pair: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
+    objective: Objective = Objective()
 
 
 def _restore(state: dict, G, D, opt_g, opt_d, gen: torch.Generator) -> None:
@@ -250,18 +311,23 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
         start, rows, acc, elapsed, started, meta = (state[k] for k in
                                                     ("step", "rows", "acc", "elapsed_s", "started", "meta"))
         print(f"resuming {run.name} {run.phase} from step {start}")
-    fields = FINETUNE_FIELDS if D is not None else PRETRAIN_FIELDS
+    obj = run.objective
+    fields = obj.fields(gan=D is not None)
+    pair = run.make_pair or (lambda rgb, _gen: colorizer.make_pair(rgb, run.color_space))
+    pixel_weight = cfg.l1_weight if obj.pixel_weight is None else obj.pixel_weight
     write_csv_atomic(run.csv_path, rows, fields)  # at once replaces a stale log of an earlier run
     t0 = time.perf_counter() - elapsed
     pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}")
     for step in range(start + 1, cfg.steps + 1):
         rgb = random_crops(images, cfg.batch_size, cfg.crop, gen)
-        x, y = (t.contiguous(memory_format=fmt) for t in colorizer.make_pair(rgb, run.color_space))
+        x, y = (t.contiguous(memory_format=fmt) for t in pair(rgb, gen))
         if D is None:
-            losses = l1_step(G, opt_g, x, y, autocast)
+            losses = l1_step(G, opt_g, x, y, autocast, obj.pixel_loss)
         else:
-            losses = gan_step(G, D, opt_g, opt_d, x, y, l1_weight=cfg.l1_weight, criterion=criterion,
-                              autocast=autocast)
+            losses = gan_step(G, D, opt_g, opt_d, x, y, l1_weight=pixel_weight, criterion=criterion,
+                              autocast=autocast, conditional=obj.conditional,
+                              adversarial_weight=obj.adversarial_weight, pixel_loss=obj.pixel_loss,
+                              extra=obj.extra)
         acc = {k: acc.get(k, 0.0) + v for k, v in losses.items()} | {"n": acc.get("n", 0) + 1}
         if step % cfg.log_every == 0 or step == cfg.steps:  # a row holds the mean since the last row
             rows.append({"step": step, **{k: float(f"{acc[k] / acc['n']:.6g}") for k in fields[1:]}})

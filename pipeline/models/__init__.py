@@ -20,15 +20,19 @@ from pipeline.fsio import atomic_path
 
 
 def _generators() -> dict[str, type[nn.Module]]:
+    from pipeline.models.edsr import EDSR
     from pipeline.models.resnet_unet import ResNet18UNet
+    from pipeline.models.srresnet import SRResNet
+    from pipeline.models.wdsr import WDSR
 
-    return {"resnet18_unet": ResNet18UNet}
+    return {"resnet18_unet": ResNet18UNet, "srresnet": SRResNet, "edsr": EDSR, "wdsr": WDSR}
 
 
 def _discriminators() -> dict[str, type[nn.Module]]:
     from pipeline.models.patchgan import PatchGAN
+    from pipeline.models.srresnet import SRGANDiscriminator
 
-    return {"patchgan": PatchGAN}
+    return {"patchgan": PatchGAN, "srgan": SRGANDiscriminator}
 
 
 def generator_class(arch: str) -> type[nn.Module]:
@@ -75,7 +79,8 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu"
         raise SystemExit(f"{path}: not a readable checkpoint ({type(e).__name__}); retrain it") from None
     cls = generator_class(blob["arch"])
     kwargs = dict(blob["arch_kwargs"])
-    kwargs["encoder_weights"] = None  # the state dict carries the trained weights
+    if "encoder_weights" in kwargs:
+        kwargs["encoder_weights"] = None  # the state dict carries the trained weights
     model = cls(**kwargs)
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()

@@ -1,0 +1,56 @@
+"""Stage ``sr_pretrain``: pretrain a 4x super-resolution generator with a pixel loss (SRResNet-style).
+
+    python -m pipeline.stages.sr_pretrain <name>      # <name> in params.yaml superres.zoo
+
+Trains on random HR crops of every train tile (``<paths.split>/train.csv``), LR made on the fly by
+``pipeline.superres.degrade``, with ``superres.pixel_loss`` (l1 or mse) only. Writes
+``<paths.superres_models>/<name>/pretrained.pt`` + ``pretrained.card.json`` and the loss curve
+``<paths.metrics>/plots/sr_pretrain/<name>.csv``. Killed runs resume on rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline import superres
+from pipeline.models import generator_class
+from pipeline.params import load_params, params_hash, seed_everything
+from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
+
+PHASE = "sr_pretrain"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="SR model name in params.yaml superres.zoo")
+    name = ap.parse_args(argv).name
+    params = load_params()
+    paths, entry = params["paths"], superres.zoo_entry(params, name)
+    cfg = TrainConfig.from_params(params, PHASE)
+    deg = superres.Degradation.from_params(params)
+    pixel = str(params["superres"]["pixel_loss"])
+    pixel_loss_fn(pixel)  # an unknown kind fails here, before any data is loaded
+    tiles, data = superres.load_train_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop, deg.scale)
+
+    seed_everything(cfg.seed)
+    arch, arch_kwargs = entry["generator"], superres.generator_kwargs(params, name)
+    G = generator_class(arch)(**arch_kwargs)
+    read = superres.phase_params(params, name, PHASE)
+    run = Run(name=name, phase=PHASE, G=G, D=None, color_space="rgb", images=tiles,
+              run_hash=params_hash({"params": read, "data": data}),
+              resume_path=Path(paths["resume"]) / "superres" / name / f"{PHASE}.pt",
+              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              make_pair=lambda rgb, gen: superres.make_pair(rgb, deg, gen),
+              objective=Objective(conditional=False, pixel_loss=pixel))
+    result = fit(run, cfg)
+    out = Path(paths["superres_models"]) / name / "pretrained.pt"
+    card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
+                  card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
+                        "pixel_loss": pixel, "params": read, "data": data})
+    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+
+
+if __name__ == "__main__":
+    main()
