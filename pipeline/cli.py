@@ -1,0 +1,292 @@
+"""The astrogan command: colorize or 4x-upscale your own images with the trained models; show a card.
+
+    astrogan colorize IN... -o OUT [--model models/colorize/<name>]
+    astrogan upscale  IN... -o OUT [--model models/superres/<name>]
+    astrogan info MODEL
+
+IN: files or folders (``--recursive`` for subfolders). OUT: a folder (outputs keep the inputs' names
+and subfolders, as PNG or ``--format tiff``), or with one input file, an output file name. A file
+that cannot be processed gets one line on stderr naming it and why; the others are still done, and
+the exit status is the number of failed files (at most 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import __version__
+from pipeline import inference as inf
+from pipeline.imageio import STRETCHES, InputError, is_image_name, read_picture, write_picture
+from pipeline.inference import ModelError
+from pipeline.params import resolve_device
+
+OUT_SUFFIXES = {".png": ".png", ".tif": ".tif", ".tiff": ".tiff"}
+EXIT_NO_MODEL = 101
+EPILOG = ("Exit status: 0 when every file was written, else the number of files that failed (at most "
+          f"100); {EXIT_NO_MODEL} when no model could be loaded; 2 for a usage error.")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _image_args(p: argparse.ArgumentParser, task: str, tile_help: str, overlap_help: str) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (created), or an output .png/.tif file when IN is one file")
+    p.add_argument("--model", help=f"a model folder (its finetuned.pt, else pretrained.pt) or a .pt file; "
+                   f"default: the best {task} model in the project's metrics/")
+    p.add_argument("--project", default=".", metavar="DIR",
+                   help="project root holding params.yaml, models/ and metrics/ (default: .)")
+    p.add_argument("--recursive", "-r", action="store_true", help="also process images in subfolders")
+    p.add_argument("--format", choices=("png", "tiff"), default="png", help="output format (default png)")
+    p.add_argument("--bit-depth", choices=("auto", "8", "16"), default="auto",
+                   help="8 or 16 bits per sample; auto: 16 for 16-bit/float/FITS inputs, else 8")
+    g = p.add_argument_group("tiling (any image size, bounded memory)")
+    g.add_argument("--tile", type=_positive, default=None,
+                   help=f"tile size in input px (default: {tile_help})")
+    g.add_argument("--overlap", type=int, default=None,
+                   help=f"tile overlap in input px (default: {overlap_help})")
+    g.add_argument("--batch", type=_positive, default=4, help="tiles per forward pass (default 4)")
+    g.add_argument("--device", default="auto", help="auto (GPU when available) | cpu | cuda | cuda:N")
+    g = p.add_argument_group("input decoding")
+    g.add_argument("--stretch", choices=STRETCHES, default=None,
+                   help="display stretch; default: asinh for FITS and float data, none (the dtype's "
+                   "full range) for 8/16-bit PNG/JPEG/TIFF")
+    g.add_argument("--percentiles", nargs=2, type=float, default=(0.5, 99.5), metavar=("LO", "HI"),
+                   help="stretch interval as percentiles of the finite pixels (default 0.5 99.5)")
+    g.add_argument("--hdu", type=int, default=None,
+                   help="FITS HDU index (default: SCI, else the first image)")
+    g.add_argument("--max-pixels", type=_positive, default=100_000_000,
+                   help="refuse inputs with more pixels (decompression-bomb guard; default 100000000)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-file lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astrogan", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"astrogan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{colorize,upscale,info}")
+    c = sub.add_parser("colorize", help="colour grey images (colour inputs are made grey first)",
+                       description="Predict a*b colour for grey images; L stays at full resolution.",
+                       epilog=EPILOG)
+    _image_args(c, "colorize", "the model's training crop from its card, else 256", "tile/2")
+    c.add_argument("--strength", type=float, default=1.0,
+                   help="scale the predicted a*b: a saturation control; 0 = grey, 1 = as predicted "
+                   "(default), >1 more saturated")
+    u = sub.add_parser("upscale", help="4x super-resolution", epilog=EPILOG,
+                       description="Upscale images 4x; grey inputs give grey outputs.")
+    _image_args(u, "superres", "64, the training LR patch size", "tile/8")
+    i = sub.add_parser("info", help="show a model's card, checksum, step and metrics")
+    i.add_argument("model", metavar="MODEL", help="a model folder or a .pt checkpoint")
+    i.add_argument("--project", default=".", metavar="DIR", help="project root (for metrics/; default .)")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def expand_inputs(inputs: list[str], recursive: bool, skip: Path) -> list[tuple[Path, Path | None]]:
+    """(file, its path relative to the IN folder it came from, or None for a file named directly)."""
+    found: list[tuple[Path, Path | None]] = []
+    for name in inputs:
+        p = Path(name)
+        if not p.is_dir():
+            found.append((p, None))
+            continue
+        # Outputs written into a subfolder of IN are not inputs of a later run's --recursive walk.
+        inside = skip != p.resolve() and p.resolve() in skip.parents
+        files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                       if f.is_file() and is_image_name(f) and not (inside and skip in f.resolve().parents))
+        if not files:
+            found.append((p, None))  # reported as a failure: a folder with nothing to do
+        found.extend((f, f.relative_to(p)) for f in files)
+    return found
+
+
+def _out_name(rel: Path, suffix: str) -> Path:
+    stem = rel.name[: -len(".gz")] if rel.name.lower().endswith(".gz") else rel.name
+    return rel.with_name(Path(stem).stem + suffix)
+
+
+def plan_outputs(items: list[tuple[Path, Path | None]], out: Path, fmt: str) -> list[tuple[Path, Path]]:
+    """Output path per input. Names are kept; a clash (a.jpg, a.png) keeps the input suffix too."""
+    single_file = len(items) == 1 and items[0][1] is None and out.suffix.lower() in OUT_SUFFIXES
+    if single_file:
+        return [(items[0][0], out)]
+    suffix = ".png" if fmt == "png" else ".tif"
+    plans, taken = [], set()
+    for path, rel in items:
+        rel = rel if rel is not None else Path(path.name)
+        target = out / _out_name(rel, suffix)
+        if target in taken:
+            target = out / rel.with_name(rel.name + suffix)
+        taken.add(target)
+        plans.append((path, target))
+    return plans
+
+
+class Inputs:
+    """The set of input files, to refuse any output that is one of them (by path or by inode)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = {p.resolve() for p in paths}
+        self.inodes = {(st.st_dev, st.st_ino) for st in (_stat(p) for p in paths) if st is not None}
+
+    def __contains__(self, path: Path) -> bool:
+        st = _stat(path)
+        return path.resolve() in self.paths or (st is not None and (st.st_dev, st.st_ino) in self.inodes)
+
+
+def _stat(path: Path):
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _bits(choice: str, source_bits: int) -> int:
+    return int(choice) if choice != "auto" else (8 if source_bits == 8 else 16)
+
+
+def _load(args: argparse.Namespace, task: str, device: torch.device) -> tuple[inf.Loaded, str]:
+    """The model (``--model`` or the project's best) and why it was chosen; raises ModelError."""
+    if args.model:
+        path, why = inf.checkpoint_in(Path(args.model)), "--model"
+    else:
+        path, why = inf.default_model(Path(args.project), task)
+    return inf.load_model(path, task, device), why
+
+
+def _tiling(args: argparse.Namespace, lm: inf.Loaded) -> str | None:
+    """Fill in --tile/--overlap defaults; return an error message if they do not fit together."""
+    if args.tile is None:  # colorizers: the crop size they were trained at
+        args.tile = int((lm.meta.get("card") or {}).get("crop") or 256) if lm.task == "colorize" else 64
+    if args.overlap is None:  # colorizers paint by position in the tile: half-tile overlap hides it
+        args.overlap = args.tile // 2 if lm.task == "colorize" else args.tile // 8
+    if not 0 <= args.overlap <= args.tile // 2:
+        return f"--overlap {args.overlap} must be between 0 and tile/2 ({args.tile // 2})"
+    return None
+
+
+def run_images(args: argparse.Namespace) -> int:
+    task = "colorize" if args.command == "colorize" else "superres"
+    device = resolve_device(args.device)
+    try:
+        lm, why = _load(args, task, device)
+    except ModelError as e:
+        print(f"astrogan: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    if (problem := _tiling(args, lm)) is not None:
+        print(f"astrogan: {problem}", file=sys.stderr)
+        return 2
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    say(f"model: {lm.path} ({why}); device {device}; tiles {args.tile} px, overlap {args.overlap}")
+    record = lm.record()
+    items = expand_inputs(args.inputs, args.recursive, Path(args.output).resolve())
+    if Path(args.output).suffix.lower() in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):
+        print(f"astrogan: -o {args.output} names one file but IN holds {len(items)} images; "
+              "give an output folder", file=sys.stderr)
+        return min(len(items), 100)
+    plans = plan_outputs(items, Path(args.output), args.format)
+    sources = Inputs([p for p, _ in items if p.is_file()])
+    failed = 0
+    for src, dst in plans:
+        try:
+            if src.is_dir():
+                raise InputError("no images (PNG, JPEG, TIFF, FITS) in this folder"
+                                 + ("" if args.recursive else "; --recursive for subfolders"))
+            if dst in sources:
+                raise InputError(f"output {dst} is an input file; refusing to overwrite it")
+            _one(args, lm, record, src, dst, device, say)
+        except (InputError, OSError, ValueError, RuntimeError, MemoryError) as e:
+            why = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+            print(f"astrogan: {src}: {why.splitlines()[0] if why else type(e).__name__}", file=sys.stderr)
+            failed += 1
+    say(f"{len(plans) - failed} written, {failed} failed")
+    return min(failed, 100)
+
+
+def _one(args, lm, record: dict, src: Path, dst: Path, device: torch.device, say) -> None:
+    """Read, run, write one image (raises on failure)."""
+    t0 = time.perf_counter()
+    if dst.suffix.lower() not in OUT_SUFFIXES:
+        raise InputError(f"output {dst}: use a .png, .tif or .tiff name, or a folder")
+    pic = read_picture(src, stretch_kind=args.stretch, percentiles=tuple(args.percentiles), hdu=args.hdu,
+                       max_pixels=args.max_pixels)
+    if pic.meta.get("notice"):
+        say(f"{src}: {pic.meta['notice']}")
+    data = pic.data
+    meta = {"software": f"astrogan {__version__}", "command": args.command, "source": str(src),
+            **record, "input": pic.meta, "tile": args.tile, "overlap": args.overlap}
+    bits = _bits(args.bit_depth, pic.bit_depth)
+    bar = tqdm(total=inf.tiles_for(lm, data.shape, args.tile, args.overlap), desc=src.name, unit="tile",
+               disable=True if args.quiet else None, leave=False)
+    with bar:
+        if args.command == "colorize":
+            if not pic.grey:
+                say(f"{src}: colour input: converted to grey (CIE L) before colorizing")
+            meta["strength"] = args.strength
+            pixels = inf.colorize_image(lm, data, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                                        strength=args.strength, bit_depth=bits, device=device,
+                                        progress=bar.update)
+        else:
+            pixels = inf.upscale_image(lm, data, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                                       bit_depth=bits, device=device, progress=bar.update)
+    write_picture(dst, pixels, meta)
+    h, w = pixels.shape[:2]
+    say(f"{src} -> {dst} ({w}x{h}, {bits}-bit, {time.perf_counter() - t0:.1f} s)")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    try:
+        path = inf.checkpoint_in(Path(args.model))
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except ModelError as e:
+        print(f"astrogan: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    except Exception as e:
+        print(f"astrogan: {args.model}: not a readable checkpoint ({type(e).__name__})", file=sys.stderr)
+        return EXIT_NO_MODEL
+    from pipeline.fsio import sha256_file
+
+    card = blob.get("card") or {}
+    task = card.get("task", "superres" if "scale" in card else "colorize")
+    name, phase = card.get("name", path.parent.name), path.stem
+    _, metrics_file = inf.project_paths(Path(args.project), task)
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    info = {"model": str(path), "sha256": sha256_file(path), "task": task, "arch": blob.get("arch"),
+            "arch_kwargs": blob.get("arch_kwargs"), "color_space": blob.get("color_space"),
+            "step": blob.get("step"), "card": card,
+            "metrics": (metrics.get(name) or {}).get(phase), "metrics_file": str(metrics_file),
+            "baseline": metrics.get("grey" if task == "colorize" else "bicubic")}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"model:    {path}\nsha256:   {info['sha256']}\ntask:     {task}\narch:     {info['arch']} "
+          f"{json.dumps(info['arch_kwargs'])}\ncolour:   {info['color_space']}\nstep:     {info['step']}")
+    print("card:\n" + json.dumps(card, indent=2, default=str))
+    if info["metrics"] is None:
+        print(f"metrics:  none for {name}/{phase} in {metrics_file}")
+    else:
+        print(f"metrics ({metrics_file}, {name}/{phase}):\n" + json.dumps(info["metrics"], indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return run_info(args)
+    lo, hi = args.percentiles
+    if not 0 <= lo < hi <= 100:
+        parser.error(f"--percentiles {lo:g} {hi:g}: need 0 <= LO < HI <= 100")
+    return run_images(args)

@@ -1,0 +1,187 @@
+"""Trained generators applied to whole images: model choice, colorize, upscale.
+
+``resolve_model`` turns ``--model`` (a model folder or a ``.pt`` file) or nothing into a checkpoint:
+with nothing, the best model of the last ``dvc repro`` by ``metrics/`` (lowest ``ab_l1`` for
+colorization, highest ``psnr_rgb`` for super-resolution), with a line saying which and why.
+
+``colorize_image``: the input's CIE L at full resolution; the generator predicts a*b on overlapping
+tiles (tiling.py); the blended a*b, scaled by ``strength``, joins the full-resolution L and goes
+back to RGB. ``upscale_image``: tiles of the low-resolution RGB image, outputs blended on the 4x grid.
+Both stream finished strips into a preallocated uint8/uint16 array: memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import color
+from pipeline.fsio import sha256_file
+from pipeline.imageio import quantize
+from pipeline.models import load_generator
+from pipeline.tiling import count_tiles, tiled
+
+TASKS = {"colorize": ("colorize_models", "models/colorize", "colorization.json"),
+         "superres": ("superres_models", "models/superres", "superres.json")}
+NOT_MODELS = {"test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
+              "grey", "bicubic", "nearest"}
+PHASES = ("finetuned", "pretrained")
+
+
+class ModelError(Exception):
+    """No usable model: the message says what to do."""
+
+
+@dataclass
+class Loaded:
+    """A generator ready to run, and what the outputs' metadata says about it."""
+
+    model: torch.nn.Module
+    path: Path
+    task: str
+    color_space: str
+    scale: int
+    multiple: int
+    meta: dict
+
+    def record(self) -> dict:
+        return {"model": str(self.path), "model_sha256": sha256_file(self.path),
+                "model_arch": self.meta.get("arch"), "model_step": self.meta.get("step")}
+
+
+def project_paths(project: Path, task: str) -> tuple[Path, Path]:
+    """(models folder, metrics file) of ``task`` from the project's params.yaml (defaults without it)."""
+    key, default, metrics_name = TASKS[task]
+    paths = {}
+    params_file = project / "params.yaml"
+    if params_file.is_file():
+        import yaml
+
+        paths = (yaml.safe_load(params_file.read_text()) or {}).get("paths", {}) or {}
+    return project / paths.get(key, default), project / paths.get("metrics", "metrics") / metrics_name
+
+
+def checkpoint_in(path: Path) -> Path:
+    """A ``.pt`` file as is; a model folder -> its ``finetuned.pt``, else ``pretrained.pt``."""
+    if path.is_dir():
+        for phase in PHASES:
+            if (path / f"{phase}.pt").is_file():
+                return path / f"{phase}.pt"
+        raise ModelError(f"{path}: no finetuned.pt or pretrained.pt in this folder")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file or folder")
+    return path
+
+
+def default_model(project: Path, task: str) -> tuple[Path, str]:
+    """The best checkpoint by the metrics of the last run, and a sentence saying why it was chosen."""
+    models, metrics_file = project_paths(project, task)
+    hint = "run `make repro` first (or pass --model)"
+    if not metrics_file.is_file():
+        raise ModelError(f"no trained {task} model yet: {metrics_file} is missing; {hint}")
+    metrics = json.loads(metrics_file.read_text())
+    key, better = ("ab_l1", min) if task == "colorize" else ("psnr_rgb", max)
+    scored = [(m[phase][key], name, phase) for name, m in metrics.items()
+              if name not in NOT_MODELS and isinstance(m, dict)
+              for phase in PHASES if isinstance(m.get(phase), dict) and m[phase].get(key) is not None
+              and (models / name / f"{phase}.pt").is_file()]
+    if not scored:
+        raise ModelError(f"no scored {task} checkpoint in {models} (metrics: {metrics_file}); {hint}")
+    value, name, phase = better(scored)
+    why = f"{'lowest' if better is min else 'highest'} {key} {value:g} in {metrics_file}"
+    baseline = metrics.get("grey" if task == "colorize" else "bicubic", {}).get(key)
+    if baseline is not None:
+        beats = value < baseline if better is min else value > baseline
+        ref = "the grey baseline (a*b = 0)" if task == "colorize" else "bicubic"
+        why += f"; {'beats' if beats else 'does NOT beat'} {ref} at {baseline:g}"
+    return models / name / f"{phase}.pt", why
+
+
+def _multiple(model: torch.nn.Module) -> int:
+    """The input size the network needs H and W to divide by: its ``input_multiple`` or module STRIDE."""
+    import sys
+
+    module = sys.modules[type(model).__module__]
+    found = getattr(model, "input_multiple", None) or getattr(module, "STRIDE", 1)
+    return int(found)
+
+
+def load_model(path: Path, task: str, device: torch.device) -> Loaded:
+    """Load a checkpoint and check it does ``task`` (a colorizer for colorize, a 4x model for upscale)."""
+    try:
+        model, meta = load_generator(path, device)
+    except SystemExit as e:  # load_generator speaks to stage scripts; here it is one file's error
+        raise ModelError(str(e)) from None
+    card = meta.get("card") or {}
+    found = card.get("task", "superres" if "scale" in card else "colorize")
+    if found != task:
+        verb = "upscale" if found == "superres" else "colorize"
+        raise ModelError(f"{path}: a {found} model; use `astrogan {verb}` with it")
+    return Loaded(model, path, task, meta["color_space"], int(card.get("scale", 1)), _multiple(model), meta)
+
+
+def lightness(data: np.ndarray) -> np.ndarray:
+    """Grey (H, W) (read as R=G=B) or RGB (H, W, 3) in [0, 1] -> CIE L in [0, 100], float32 (H, W).
+
+    The same conversion the training used (color.rgb_to_lab), in row blocks to bound memory.
+    """
+    L = np.empty(data.shape[:2], np.float32)
+    for y in range(0, len(L), 512):
+        block = torch.from_numpy(np.ascontiguousarray(data[y:y + 512]))
+        rgb = block[None].expand(3, -1, -1) if block.ndim == 2 else block.permute(2, 0, 1)
+        L[y:y + 512] = color.rgb_to_lab(rgb)[0].numpy()
+    return L
+
+
+def colorize_image(lm: Loaded, data: np.ndarray, *, tile: int = 256, overlap: int = 32, batch: int = 4,
+                   strength: float = 1.0, bit_depth: int = 8, device: torch.device | str = "cpu",
+                   progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """Grey (H, W) or RGB (H, W, 3) in [0, 1] -> RGB (H, W, 3) uint8/uint16.
+
+    Only the input's L is used (a colour input is made grey); a*b are predicted per tile, L kept full-res.
+    """
+    L = lightness(data)
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        out = lm.model(color.normalize_l(x)).float()
+        if lm.color_space == "rgb":  # keep only its chroma: L comes from the input
+            out = color.normalize_ab(color.rgb_to_lab((out + 1) / 2)[:, 1:])
+        return out
+
+    out = np.empty((*L.shape, 3), np.uint8 if bit_depth == 8 else np.uint16)
+    for y0, ab in tiled(L[None], net, tile=tile, overlap=overlap, multiple=lm.multiple, batch=batch,
+                        device=device, progress=progress):
+        rows = slice(y0, y0 + ab.shape[1])
+        lab = torch.cat([torch.from_numpy(L[rows])[None], color.denormalize_ab(ab) * strength])
+        out[rows] = quantize(color.lab_to_rgb(lab).permute(1, 2, 0).numpy(), bit_depth)
+    return out
+
+
+def upscale_image(lm: Loaded, data: np.ndarray, *, tile: int = 64, overlap: int = 8, batch: int = 4,
+                  bit_depth: int = 8, device: torch.device | str = "cpu",
+                  progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """Grey (H, W) or RGB (H, W, 3) in [0, 1] -> (sH, sW[, 3]) uint8/uint16; grey in, grey out."""
+    grey = data.ndim == 2
+    rgb = np.repeat(data[None], 3, 0) if grey else np.ascontiguousarray(data.transpose(2, 0, 1))
+    h, w = data.shape[:2]
+    s = lm.scale
+    out = np.empty((h * s, w * s) if grey else (h * s, w * s, 3), np.uint8 if bit_depth == 8 else np.uint16)
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        return lm.model(x).float().clamp(0, 1)
+
+    for y0, strip in tiled(rgb, net, tile=tile, overlap=overlap, multiple=lm.multiple, scale=s, batch=batch,
+                           device=device, progress=progress):
+        rows = slice(y0, y0 + strip.shape[1])
+        out[rows] = quantize((strip.mean(0) if grey else strip.permute(1, 2, 0)).numpy(), bit_depth)
+    return out
+
+
+def tiles_for(lm: Loaded, shape: tuple[int, ...], tile: int, overlap: int) -> int:
+    """How many tiles an image of ``shape`` takes (the progress bar's total)."""
+    return count_tiles(shape[0], shape[1], tile=tile, overlap=overlap, multiple=lm.multiple)
