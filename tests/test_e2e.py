@@ -29,6 +29,9 @@ TINY = {
     "pretrain": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
     "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
     "evaluate": {"batch_size": 8, "grid_samples": 2},
+    "sr_pretrain": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
+    "sr_finetune": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
+    "sr_evaluate": {"batch_size": 8, "grid_samples": 2, "zoom": 32},
 }
 
 
@@ -82,7 +85,9 @@ def test_whole_dag_on_tiny_params(tmp_path):
 
     out = _run(["dvc", "repro"], proj)
     for stage in ("scrape@embedded", "natural", "dedup", "tile", "split", "pretrain@resnet18_lab",
-                  "finetune@resnet18_lab", "evaluate"):
+                  "finetune@resnet18_lab", "evaluate", "sr_pretrain@srresnet", "sr_pretrain@edsr",
+                  "sr_pretrain@wdsr", "sr_finetune@srresnet", "sr_finetune@edsr", "sr_finetune@wdsr",
+                  "sr_evaluate", "report"):
         assert f"'{stage}'" in out, f"stage {stage} did not run:\n{out[-3000:]}"
 
     metrics = json.loads((proj / "metrics/colorization.json").read_text())
@@ -95,7 +100,13 @@ def test_whole_dag_on_tiny_params(tmp_path):
     assert fid is None or math.isfinite(fid)
     if fid is None:
         assert metrics["fid_reason"]
-    assert (proj / "metrics/report.md").read_text().count("|") > 20
+    sr = dict(_finite_numbers(json.loads((proj / "metrics/superres.json").read_text())))
+    for key in ("bicubic.psnr_y", "nearest.ssim_rgb", "edsr.finetuned.psnr_rgb", "wdsr.pretrained.rgb_l1_g",
+                "srresnet.finetuned.ssim_y"):
+        assert key in sr and math.isfinite(sr[key]), key
+    assert all(math.isfinite(v) for v in sr.values())
+    report = (proj / "metrics/report.md").read_text()
+    assert "Table 1:" in report and "Table 6" in report and report.count("|") > 40
     assert (proj / "metrics/figures/colorization_grid.png").stat().st_size > 1000
     card = json.loads((proj / "models/colorize/resnet18_lab/finetuned.card.json").read_text())
     assert card["encoder_weights"]["used"] in ("imagenet", "random")
@@ -110,3 +121,5 @@ def test_whole_dag_on_tiny_params(tmp_path):
     changed = json.loads(diff)
     rows = changed.get("metrics/colorization.json", {})
     assert any(k.startswith("resnet18_lab.") for k in rows), diff[:2000]
+    sr_rows = changed.get("metrics/superres.json", {})
+    assert any(k.startswith("edsr.") for k in sr_rows), diff[:2000]

@@ -161,7 +161,7 @@ def test_main_end_to_end(project, capsys):
     lab = np.stack([rgb2lab(np.asarray(Image.open(p))) for p in colour])
     assert m["grey"]["ab_l1"] == pytest.approx(np.abs(lab[..., 1:]).mean(), rel=1e-3)
 
-    text = (out / "report.md").read_text()
+    text = report.render_colorization_report(json.loads((out / "colorization.json").read_text()), params)
     assert "m1 (finetuned)" in text and "m2 (pretrained)" in text and "5 tiles from 3 images" in text
 
     grid = Image.open(out / "figures" / "colorization_grid.png")
@@ -172,10 +172,10 @@ def test_main_end_to_end(project, capsys):
     shown = np.asarray(grid)[y0:y0 + cell, x0:x0 + cell]
     assert np.array_equal(shown[:: cell // SIZE, :: cell // SIZE], first_truth)
 
-    before = {p.name: p.read_bytes() for p in (out / "colorization.json", out / "report.md",
+    before = {p.name: p.read_bytes() for p in (out / "colorization.json",
                                                   out / "figures" / "colorization_grid.png")}
     evaluate.main()
-    after = {p.name: p.read_bytes() for p in (out / "colorization.json", out / "report.md",
+    after = {p.name: p.read_bytes() for p in (out / "colorization.json",
                                                  out / "figures" / "colorization_grid.png")}
     assert before == after                                # byte-identical rerun
 

@@ -3,7 +3,8 @@
 Reads the test split, skips grey tiles (no colour to predict), colorizes every remaining tile with
 the grey baseline and each pre-trained / fine-tuned generator, and writes
 ``{paths.metrics}/colorization.json`` (floats to 6 significant digits, FID ``null`` with
-``fid_reason`` when it cannot be estimated), ``report.md`` and ``figures/colorization_grid.png``.
+``fid_reason`` when it cannot be estimated), and ``figures/colorization_grid.png`` (the
+``report`` stage renders them into ``report.md``).
 Run from the project root: ``python -m pipeline.stages.evaluate``.
 """
 
@@ -20,11 +21,11 @@ from tqdm import tqdm
 from pipeline import fid
 from pipeline.colorizer import colorize_batch, grey_baseline
 from pipeline.data import load_tiles, read_split
-from pipeline.fsio import write_json_atomic, write_text_atomic
+from pipeline.fsio import write_json_atomic
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
-from pipeline.report import STAGES, TOP_LEVEL, render_report, save_grid
+from pipeline.report import STAGES, TOP_LEVEL, save_grid
 
 Key = tuple[str, str | None]  # (model name, stage); ("grey", None) is the baseline
 GREY: Key = ("grey", None)
@@ -142,12 +143,11 @@ def main() -> None:
     metrics = round_sig(metrics)
     out = Path(paths["metrics"])
     write_json_atomic(out / "colorization.json", metrics)
-    write_text_atomic(out / "report.md", render_report(metrics, params))
     columns = [("input (grey)", grid[GREY])]
     columns += [(f"{name}\n{stage}", grid[(name, stage)]) for name, stage in grid if (name, stage) != GREY]
     columns.append(("truth", tiles[:cfg.grid_samples].float() / 255.0))
     size = save_grid(out / "figures" / "colorization_grid.png", columns)
-    print(f"evaluate: wrote {out}/colorization.json, report.md, figures/colorization_grid.png "
+    print(f"evaluate: wrote {out}/colorization.json, figures/colorization_grid.png "
           f"({size / 1e6:.2f} MB)")
 
 

@@ -1,0 +1,35 @@
+"""Stage ``report``: render ``metrics/report.md`` from the metrics JSON of both tasks.
+
+The paper's Tables 1-5 (colorization, from ``colorization.json``) and 6-7 (super-resolution, from
+``superres.json``), each beside the paper's published values and with every number's definition.
+Pure rendering (``pipeline.report``): no timestamps, so an unchanged input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.fsio import write_text_atomic
+from pipeline.params import load_params
+from pipeline.report import render_report, render_superres_report
+
+
+def read_metrics(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing; run `dvc repro` (the evaluate stages write it)")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    params = load_params()
+    out = Path(params["paths"]["metrics"])
+    colorization = read_metrics(out / "colorization.json")
+    superres = read_metrics(out / "superres.json")
+    text = render_report(colorization, params, sections=[render_superres_report(superres, params)])
+    write_text_atomic(out / "report.md", text)
+    print(f"report: wrote {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
