@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pipeline.params import resolve_device
 
 PRETRAIN_FIELDS = ["step", "loss_g_l1"]
 FINETUNE_FIELDS = ["step", "loss_g_gan", "loss_g_l1", "loss_d", "loss_d_real", "loss_d_fake"]
+VAL_FIELDS = ["step", "val_l1"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class TrainConfig:
     lr: float                        # Adam lr of G and D (paper: 2e-4)
     betas: tuple[float, float]       # Adam betas (pix2pix: 0.5, 0.999)
     l1_weight: float                 # lambda of the L1 term in the GAN generator loss (pix2pix: 100)
-    gan_loss: str                    # vanilla (BCE with logits, pix2pix) | lsgan (MSE)
+    gan_loss: str                    # vanilla (BCE with logits, pix2pix) | lsgan (MSE) | wgan-gp
     precision: str                   # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     steps: int
     batch_size: int
@@ -59,23 +61,38 @@ class TrainConfig:
     log_every: int                   # steps per logged CSV row (the row holds the mean over them)
     seed: int
     device: str                      # auto | cpu | cuda | cuda:N
+    gp_weight: float = 10.0          # WGAN-GP's gradient penalty weight lambda (Gulrajani et al.: 10)
+    eval_every: int = 0              # steps between validation L1 evaluations (0 = no validation)
+    patience: int = 0                # evaluations without a better val L1 before stopping (0 = never)
+    epochs: int = 0                  # > 0: steps = epochs * ceil(train images / batch_size) (with_epochs)
 
     @classmethod
-    def from_params(cls, params: dict, phase: str) -> TrainConfig:
-        t, p = params["train"], params[phase]
+    def from_params(cls, params: dict, phase: str, entry: dict | None = None) -> TrainConfig:
+        """From params; a zoo ``entry`` may override the phase section (``entry[phase]``: steps, crop,
+        batch_size, ...) and ``train.gan_loss`` (``entry["gan_loss"]``)."""
+        t, p = params["train"], {**params[phase], **((entry or {}).get(phase) or {})}
         cfg = cls(lr=float(params["lr"]), betas=(float(t["betas"][0]), float(t["betas"][1])),
-                  l1_weight=float(t["l1_weight"]), gan_loss=str(t["gan_loss"]),
+                  l1_weight=float(t["l1_weight"]), gan_loss=str((entry or {}).get("gan_loss", t["gan_loss"])),
                   precision=str(t["precision"]), steps=int(p["steps"]), batch_size=int(p["batch_size"]),
                   crop=int(p["crop"]), checkpoint_every=int(p["checkpoint_every"]),
-                  log_every=int(p["log_every"]), seed=int(params["seed"]), device=str(params["device"]))
+                  log_every=int(p["log_every"]), seed=int(params["seed"]), device=str(params["device"]),
+                  gp_weight=float(t.get("gp_weight", 10.0)), eval_every=int(p.get("eval_every", 0)),
+                  patience=int(p.get("patience", 0)), epochs=int(p.get("epochs", 0)))
         for key in ("batch_size", "crop", "checkpoint_every", "log_every"):
             if getattr(cfg, key) < 1:
                 raise SystemExit(f"params.yaml: {phase}.{key} must be >= 1, got {getattr(cfg, key)}")
-        if cfg.steps < 0:
-            raise SystemExit(f"params.yaml: {phase}.steps must be >= 0, got {cfg.steps}")
+        for key in ("steps", "eval_every", "patience", "epochs"):
+            if getattr(cfg, key) < 0:
+                raise SystemExit(f"params.yaml: {phase}.{key} must be >= 0, got {getattr(cfg, key)}")
         if cfg.precision not in ("auto", "fp32", "bf16"):
             raise SystemExit(f"params.yaml: train.precision={cfg.precision!r}; use auto, fp32 or bf16")
         return cfg
+
+    def with_epochs(self, n_images: int) -> TrainConfig:
+        """``epochs > 0``: the same config with steps = epochs * ceil(n_images / batch_size)."""
+        if self.epochs <= 0:
+            return self
+        return replace(self, steps=self.epochs * math.ceil(n_images / self.batch_size))
 
 
 def zoo_entry(params: dict, name: str) -> dict:
@@ -94,12 +111,43 @@ def phase_params(params: dict, name: str, phase: str) -> dict:
     return out
 
 
-def gan_losses(kind: str) -> nn.Module:
-    """The adversarial criterion on D's logits: vanilla GAN (BCE with logits, as pix2pix) or LSGAN (MSE)."""
-    table = {"vanilla": nn.BCEWithLogitsLoss, "lsgan": nn.MSELoss}
+class WassersteinGP(nn.Module):
+    """WGAN-GP's criterion (Gulrajani et al. 2017, "Improved Training of Wasserstein GANs") in the
+    (logits, target) form of the other criteria: -mean(D) for a "real" target (ones), +mean(D) for
+    "fake" (zeros). So the critic's loss_d_real + loss_d_fake = mean(D(fake)) - mean(D(real)), and the
+    generator's adversarial term is -mean(D(fake)). :func:`gan_step` adds
+    ``gp_weight`` * :func:`gradient_penalty` to the critic's loss (and does not halve it).
+    A critic must not use BatchNorm (the penalty is per sample): PatchGAN / vgg_residual with
+    ``norm: instance`` or ``none``."""
+
+    def __init__(self, gp_weight: float = 10.0):
+        super().__init__()
+        self.gp_weight = gp_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -logits.mean() if bool(target.flatten()[0] > 0.5) else logits.mean()
+
+
+def gan_losses(kind: str, gp_weight: float = 10.0) -> nn.Module:
+    """The adversarial criterion on D's logits: vanilla GAN (BCE with logits, as pix2pix), LSGAN (MSE),
+    or WGAN-GP (:class:`WassersteinGP` with penalty weight ``gp_weight``)."""
+    table = {"vanilla": nn.BCEWithLogitsLoss, "lsgan": nn.MSELoss,
+             "wgan-gp": lambda: WassersteinGP(gp_weight)}
     if kind not in table:
         raise SystemExit(f"params.yaml: train.gan_loss={kind!r}; use one of {', '.join(table)}")
     return table[kind]()
+
+
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP's penalty mean((||grad_z D(z)||_2 - 1)^2) at z = eps * real + (1 - eps) * fake.
+
+    real, fake: D's inputs (N, C, H, W) (conditional: cat(x, y) and cat(x, G(x)), so the x channels
+    interpolate to x itself); eps: (N, 1, 1, 1) in [0, 1]. The norm is over each sample's whole
+    input; the result keeps its graph (create_graph) so it trains D."""
+    z = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = D(z).float()
+    (grad,) = torch.autograd.grad(out.sum(), z, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
@@ -163,8 +211,8 @@ def l1_step(G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor, *, l1_weight: float, criterion: nn.Module,
              autocast: Callable[[], contextlib.AbstractContextManager], conditional: bool = True,
-             adversarial_weight: float = 1.0, pixel_loss: str = "l1", extra: ExtraLoss | None = None
-             ) -> dict[str, float]:
+             adversarial_weight: float = 1.0, pixel_loss: str = "l1", extra: ExtraLoss | None = None,
+             generator: torch.Generator | None = None) -> dict[str, float]:
     """One GAN step. x: (N, Cx, h, w) input; y: (N, C, H, W) target.
 
     Conditional (pix2pix): D learns real cat(x, y) vs fake cat(x, G(x).detach()), so x and y share
@@ -173,6 +221,10 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     l1_weight * pixel(G(x), y) [+ the ``extra`` term, weighted by its maker]. Returns floats:
     loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_<pixel_loss> (both un-weighted) and the
     extra term's key (weighted) when given.
+
+    WGAN-GP (``criterion`` a :class:`WassersteinGP`): D's loss is real + fake (not halved) +
+    gp_weight * :func:`gradient_penalty`, its interpolation weights drawn from ``generator`` (a CPU
+    generator, saved with the resume state), else from the global RNG.
     """
     loss_fn = pixel_loss_fn(pixel_loss)
     d_in = (lambda out: torch.cat([x, out], 1)) if conditional else (lambda out: out)
@@ -185,7 +237,13 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
         logits_fake = D(d_in(fake.detach())).float()  # detached: this loss must not reach G
     loss_d_real = criterion(logits_real, torch.ones_like(logits_real))
     loss_d_fake = criterion(logits_fake, torch.zeros_like(logits_fake))
-    loss_d = (loss_d_real + loss_d_fake) / 2
+    if isinstance(criterion, WassersteinGP):
+        eps = torch.rand(len(x), 1, 1, 1, generator=generator).to(x.device)
+        with autocast():
+            gp = gradient_penalty(D, d_in(y), d_in(fake.detach()), eps)
+        loss_d = loss_d_real + loss_d_fake + criterion.gp_weight * gp.float()
+    else:
+        loss_d = (loss_d_real + loss_d_fake) / 2
     loss_d.backward()
     opt_d.step()
 
@@ -274,6 +332,41 @@ class Run:
     meta: dict = field(default_factory=dict)  # facts of the first start (e.g. encoder weights) kept on resume
     make_pair: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
     objective: Objective = Objective()
+    val_images: torch.Tensor | None = None  # uint8 (N, 3, S, S): validation L1 every cfg.eval_every steps
+    val_csv_path: Path | None = None        # (step, val_l1) rows; written (maybe header-only) when set
+
+
+@torch.no_grad()
+def val_l1(G: nn.Module, images: torch.Tensor, crop: int, batch_size: int, pair: Callable,
+           autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+    """Mean |G(x) - y| over the centre ``crop`` x ``crop`` of every image (uint8 (N, 3, H, W)), in eval
+    mode and without gradients; G is back in train mode afterwards. Units: the network's output
+    space (a*b / 110 or RGB * 2 - 1)."""
+    G.eval()
+    top, left = (images.shape[-2] - crop) // 2, (images.shape[-1] - crop) // 2
+    total, n, gen = 0.0, 0, torch.Generator().manual_seed(0)
+    for i in range(0, len(images), batch_size):
+        rgb = images[i:i + batch_size, :, top:top + crop, left:left + crop].float().div(255.0)
+        x, y = pair(rgb, gen)
+        with autocast():
+            out = G(x)
+        total += F.l1_loss(out.float(), y.float(), reduction="sum").item()
+        n += y.numel()
+    G.train()
+    return total / n
+
+
+def _validate(best: dict, step: int, v: float, G: nn.Module, patience: int) -> bool:
+    """Record val L1 ``v`` at ``step`` in ``best`` (rows, best value/step/state, evaluations without
+    improvement); True when ``patience`` evaluations in a row did not improve (early stop)."""
+    best["rows"].append({"step": step, "val_l1": float(f"{v:.6g}")})
+    if best["val_l1"] is None or v < best["val_l1"]:
+        best.update(val_l1=v, step=step, bad=0,
+                    state={k: t.detach().cpu().clone() for k, t in G.state_dict().items()})
+        return False
+    best["bad"] += 1
+    best["stopped_early"] = bool(patience) and best["bad"] >= patience
+    return best["stopped_early"]
 
 
 def _restore(state: dict, G, D, opt_g, opt_d, gen: torch.Generator) -> None:
@@ -302,20 +395,27 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     G, D, images, fmt = _to_device(run, device)
     opt_g = make_adam(G, cfg, device)
     opt_d = make_adam(D, cfg, device) if D is not None else None
-    criterion, autocast = gan_losses(cfg.gan_loss), autocast_for(device, cfg.precision)
+    criterion, autocast = gan_losses(cfg.gan_loss, cfg.gp_weight), autocast_for(device, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: the same crops on any device
     start, rows, acc, elapsed, started, meta = 0, [], {}, 0.0, utc_now(), run.meta
+    best = {"val_l1": None, "step": None, "state": None, "bad": 0, "rows": [], "stopped_early": False}
     state = load_resume(run.resume_path, run.run_hash)
     if state is not None:
         _restore(state, G, D, opt_g, opt_d, gen)
         start, rows, acc, elapsed, started, meta = (state[k] for k in
                                                     ("step", "rows", "acc", "elapsed_s", "started", "meta"))
+        best = state.get("best", best)
         print(f"resuming {run.name} {run.phase} from step {start}")
+    validate = run.val_images is not None and len(run.val_images) > 0 and cfg.eval_every > 0
+    val_images = run.val_images.to(device) if validate else None
     obj = run.objective
     fields = obj.fields(gan=D is not None)
     pair = run.make_pair or (lambda rgb, _gen: colorizer.make_pair(rgb, run.color_space))
     pixel_weight = cfg.l1_weight if obj.pixel_weight is None else obj.pixel_weight
     write_csv_atomic(run.csv_path, rows, fields)  # at once replaces a stale log of an earlier run
+    if run.val_csv_path is not None:
+        write_csv_atomic(run.val_csv_path, best["rows"], VAL_FIELDS)
+    step = start
     t0 = time.perf_counter() - elapsed
     pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}")
     for step in range(start + 1, cfg.steps + 1):
@@ -327,40 +427,59 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
             losses = gan_step(G, D, opt_g, opt_d, x, y, l1_weight=pixel_weight, criterion=criterion,
                               autocast=autocast, conditional=obj.conditional,
                               adversarial_weight=obj.adversarial_weight, pixel_loss=obj.pixel_loss,
-                              extra=obj.extra)
+                              extra=obj.extra, generator=gen)
         acc = {k: acc.get(k, 0.0) + v for k, v in losses.items()} | {"n": acc.get("n", 0) + 1}
-        if step % cfg.log_every == 0 or step == cfg.steps:  # a row holds the mean since the last row
+        stop = False
+        if validate and (step % cfg.eval_every == 0 or step == cfg.steps):
+            stop = _validate(best, step, val_l1(G, val_images, cfg.crop, cfg.batch_size, pair, autocast),
+                             G, cfg.patience)
+            if run.val_csv_path is not None:
+                write_csv_atomic(run.val_csv_path, best["rows"], VAL_FIELDS)
+        if stop or step % cfg.log_every == 0 or step == cfg.steps:  # a row: the mean since the last row
             rows.append({"step": step, **{k: float(f"{acc[k] / acc['n']:.6g}") for k in fields[1:]}})
             acc = {}
             write_csv_atomic(run.csv_path, rows, fields)
             pbar.set_postfix({k: v for k, v in rows[-1].items() if k != "step"})
+        if stop:
+            print(f"{run.name} {run.phase}: early stop at step {step}, val L1 not better than "
+                  f"{best['val_l1']:.6g} (step {best['step']}) for {cfg.patience} evaluations")
+            break
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             save_resume(run.resume_path, {
                 "hash": run.run_hash, "step": step, "G": G.state_dict(), "opt_g": opt_g.state_dict(),
                 "D": D.state_dict() if D is not None else {},
                 "opt_d": opt_d.state_dict() if D is not None else {}, "gen": gen.get_state(),
                 "rows": rows, "acc": acc, "elapsed_s": time.perf_counter() - t0, "started": started,
-                "meta": meta})
+                "meta": meta, "best": best})
         pbar.update(1)
     pbar.close()
+    validation = None
+    if validate:
+        G.load_state_dict(best["state"])  # the checkpoint holds the best val L1, not the last step
+        validation = {"best_step": best["step"], "best_val_l1": float(f"{best['val_l1']:.6g}"),
+                      "stopped_early": best["stopped_early"], "evaluations": len(best["rows"]),
+                      "eval_every": cfg.eval_every, "patience": cfg.patience}
     return {"rows": rows, "elapsed_s": round(time.perf_counter() - t0, 3), "started": started,
-            "device": device_name(device), "meta": meta}
+            "device": device_name(device), "meta": meta, "steps_run": step, "validation": validation}
 
 
 def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: str, arch_kwargs: dict,
            card: dict) -> dict:
     """Write the generator checkpoint and its card (``<out>.card.json``, also inside the checkpoint),
     then drop the resume file. ``card`` holds the phase-specific facts; the common ones are added."""
+    steps_run = result.get("steps_run", cfg.steps)
+    validation = result.get("validation")
     card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs,
             "color_space": run.color_space, **card, "seed": cfg.seed, "steps": cfg.steps,
+            "steps_run": steps_run, **({"validation": validation} if validation else {}),
             "batch_size": cfg.batch_size, "crop": cfg.crop, "precision": cfg.precision,
             "wall_time_s": result["elapsed_s"],
-            "seconds_per_step": round(result["elapsed_s"] / cfg.steps, 4) if cfg.steps else None,
+            "seconds_per_step": round(result["elapsed_s"] / steps_run, 4) if steps_run else None,
             "device": result["device"], "torch": str(torch.__version__), "started": result["started"],
             "finished": utc_now(),
             "final_losses": {k: v for k, v in (result["rows"] or [{}])[-1].items() if k != "step"}}
     save_generator(out_path, run.G, arch=arch, arch_kwargs=arch_kwargs, color_space=run.color_space,
-                   step=cfg.steps, card=card)
+                   step=validation["best_step"] if validation else steps_run, card=card)
     write_json_atomic(out_path.with_suffix(".card.json"), card)
     run.resume_path.unlink(missing_ok=True)
     return card

@@ -1,8 +1,9 @@
 """The whole DAG, as a user runs it, on tiny params in a temporary clone of the project.
 
-Runs `dvc repro` (every stage for real: scrape, natural, dedup, tile, split, pretrain, finetune,
-evaluate), checks every metric is a finite number (FID may be null, with a reason), that a second
-`dvc repro` does nothing, and that `dvc exp run -S lr=...` changes what `dvc metrics diff` shows.
+Runs `dvc repro` (every stage for real: scrape, natural, dedup, tile, split, pretrain and finetune
+of the three default colorizers, evaluate, the SR stages, report), checks every metric is a finite
+number (FID may be null, with a reason), that a second `dvc repro` does nothing, and that
+`dvc exp run -S lr=...` changes what `dvc metrics diff` shows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ TINY = {
     "natural": {"size": 96},
     "tile": {"size": 128, "stride": 192},
     "pretrain": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
-    "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
+    "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1,
+                 "eval_every": 2, "patience": 1},
+    "colorize": {"zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}}}},  # a per-entry override
     "evaluate": {"batch_size": 8, "grid_samples": 2},
     "sr_pretrain": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
     "sr_finetune": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
@@ -85,7 +88,8 @@ def test_whole_dag_on_tiny_params(tmp_path):
 
     out = _run(["dvc", "repro"], proj)
     for stage in ("scrape@embedded", "natural", "dedup", "tile", "split", "pretrain@resnet18_lab",
-                  "finetune@resnet18_lab", "evaluate", "sr_pretrain@srresnet", "sr_pretrain@edsr",
+                  "pretrain@resnet18_rgb", "pretrain@unet_rgb", "finetune@resnet18_lab", "finetune@unet_rgb",
+                  "evaluate", "sr_pretrain@srresnet", "sr_pretrain@edsr",
                   "sr_pretrain@wdsr", "sr_finetune@srresnet", "sr_finetune@edsr", "sr_finetune@wdsr",
                   "sr_evaluate", "report"):
         assert f"'{stage}'" in out, f"stage {stage} did not run:\n{out[-3000:]}"
@@ -93,7 +97,8 @@ def test_whole_dag_on_tiny_params(tmp_path):
     metrics = json.loads((proj / "metrics/colorization.json").read_text())
     numbers = dict(_finite_numbers(metrics))
     for key in ("grey.ab_l1", "resnet18_lab.pretrained.rgb_l1_r", "resnet18_lab.finetuned.lab_l2_b",
-                "resnet18_lab.finetuned.psnr", "resnet18_lab.finetuned.ssim"):
+                "resnet18_lab.finetuned.psnr", "resnet18_lab.finetuned.ssim",
+                "resnet18_rgb.pretrained.rgb_l1", "unet_rgb.pretrained.ab_l1", "unet_rgb.finetuned.rgb_l2"):
         assert key in numbers and math.isfinite(numbers[key]), key
     assert all(math.isfinite(v) for v in numbers.values())
     fid = metrics["resnet18_lab"]["finetuned"]["fid"]
@@ -107,6 +112,9 @@ def test_whole_dag_on_tiny_params(tmp_path):
     assert all(math.isfinite(v) for v in sr.values())
     report = (proj / "metrics/report.md").read_text()
     assert "Table 1:" in report and "Table 6" in report and report.count("|") > 40
+    assert "resnet18_rgb (pretrained)" in report and "unet_rgb (finetuned)" in report
+    assert "finetuned" not in metrics["resnet18_rgb"]  # the paper's pre-trained-only row
+    assert (proj / "metrics/plots/val/unet_rgb.csv").read_text().startswith("step,val_l1")
     assert (proj / "metrics/figures/colorization_grid.png").stat().st_size > 1000
     card = json.loads((proj / "models/colorize/resnet18_lab/finetuned.card.json").read_text())
     assert card["encoder_weights"]["used"] in ("imagenet", "random")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ import pipeline.models
 from pipeline import report
 from pipeline.models import save_generator
 from pipeline.stages import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 METRIC_KEYS = {"rgb_l1", "rgb_l1_r", "rgb_l1_g", "rgb_l1_b", "rgb_l2", "rgb_l2_r", "rgb_l2_g", "rgb_l2_b",
                "lab_l1_l", "lab_l1_a", "lab_l1_b", "lab_l2_l", "lab_l2_a", "lab_l2_b", "ab_l1", "ab_l2",
@@ -198,3 +201,19 @@ def test_only_grey_test_tiles_is_a_clear_error(project):
         w.writerows([r | {"grey": "1"} for r in rows])
     with pytest.raises(SystemExit, match="no colour test tiles"):
         evaluate.main()
+
+
+def test_the_default_zoo_lands_in_the_paper_rows():
+    """resnet18_lab pre/ft, resnet18_rgb pre-trained only, unet_rgb's GAN-trained (finetuned) model."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    zoo = params["colorize"]["zoo"]
+    metrics = _metrics_dict({"resnet18_lab/pretrained": 12.0, "resnet18_lab/finetuned": 11.0,
+                             "resnet18_rgb/pretrained": 13.0, "unet_rgb/pretrained": 14.0,
+                             "unet_rgb/finetuned": 9.0})
+    table1 = report.render_report(metrics, {"colorize": {"zoo": zoo}}).split("### Table ")[1]
+    row = {line.split(" | ")[0][2:]: line for line in table1.splitlines() if line.startswith("| ")}
+    assert "64.5409" in row["resnet18_lab (pretrained)"] and "65.1119" in row["resnet18_lab (finetuned)"]
+    assert "125.5554" in row["resnet18_rgb (pretrained)"] and "77.3273" in row["unet_rgb (finetuned)"]
+    assert "77.3273" not in row["unet_rgb (pretrained)"] and "paper only" not in table1
+    assert set(params["colorize"]["finetune"]) <= set(params["colorize"]["pretrain"]) <= set(zoo)
+    assert "resnet18_rgb" not in params["colorize"]["finetune"]

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.fsio import write_csv_atomic
 from pipeline.stages import split
-from pipeline.stages.split import choose_test_images, image_hash, split_rows
+from pipeline.stages.split import assign_rows, choose_test_images, image_hash, split_rows
 
 FIELDS = ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
 
@@ -55,9 +55,28 @@ def test_stage_writes_train_and_test_csv(project, capsys):
     write_csv_atomic(project.path("tiles") / "tiles.csv", rows_for(30), FIELDS)
     split.main()
     out = {}
-    for name in ("train", "test"):
+    for name in ("train", "val", "test"):
         with open(project.path("split") / f"{name}.csv", newline="") as f:
             out[name] = list(csv.DictReader(f))
         assert list(out[name][0]) == FIELDS
-    assert len(out["train"]) + len(out["test"]) == 90 and out["test"]
+    assert len(out["train"]) + len(out["val"]) + len(out["test"]) == 90 and out["test"] and out["val"]
     assert "split: train" in capsys.readouterr().out
+
+
+def test_val_is_carved_from_train_and_test_never_moves():
+    rows = rows_for(300)
+    train, test = split_rows(rows, 0.1)
+    parts = assign_rows(rows, 0.1, 0.1)
+    assert parts["test"] == test  # val changes nothing on the test side
+    tr, va = {r["image_id"] for r in parts["train"]}, {r["image_id"] for r in parts["val"]}
+    assert tr | va == {r["image_id"] for r in train} and not tr & va
+    assert va == {i for i in tr | va if 0.1 <= image_hash(i) < 0.2} and 10 <= len(va) <= 55
+    assert assign_rows(list(rows), 0.1, 0.1) == parts  # stable
+    # adding images moves no existing image between train, val and test
+    more = assign_rows(rows_for(400), 0.1, 0.1)
+    for name in parts:
+        old = {r["image_id"] for r in parts[name]}
+        assert {r["image_id"] for r in more[name]} & {f"img{i}" for i in range(300)} == old
+    assert assign_rows(rows, 0.1, 0.0)["val"] == []
+    with pytest.raises(SystemExit, match="val_fraction"):
+        assign_rows(rows_for(5), 0.1, 0.95)

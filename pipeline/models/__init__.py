@@ -23,16 +23,20 @@ def _generators() -> dict[str, type[nn.Module]]:
     from pipeline.models.edsr import EDSR
     from pipeline.models.resnet_unet import ResNet18UNet
     from pipeline.models.srresnet import SRResNet
+    from pipeline.models.unet import UNet
     from pipeline.models.wdsr import WDSR
 
-    return {"resnet18_unet": ResNet18UNet, "srresnet": SRResNet, "edsr": EDSR, "wdsr": WDSR}
+    return {"resnet18_unet": ResNet18UNet, "unet": UNet, "srresnet": SRResNet, "edsr": EDSR, "wdsr": WDSR}
 
 
 def _discriminators() -> dict[str, type[nn.Module]]:
     from pipeline.models.patchgan import PatchGAN
+    from pipeline.models.resnet_patch import ResNet50Patch
     from pipeline.models.srresnet import SRGANDiscriminator
+    from pipeline.models.vgg_discriminator import VGGResidualDiscriminator
 
-    return {"patchgan": PatchGAN, "srgan": SRGANDiscriminator}
+    return {"patchgan": PatchGAN, "vgg_residual": VGGResidualDiscriminator, "resnet50_patch": ResNet50Patch,
+            "srgan": SRGANDiscriminator}
 
 
 def generator_class(arch: str) -> type[nn.Module]:

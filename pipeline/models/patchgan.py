@@ -56,10 +56,10 @@ class PatchGAN(nn.Module):
 
 def _init_weights(m: nn.Module) -> None:
     """pix2pix's 'normal' init: conv weights N(0, 0.02), biases 0; norm scales N(1, 0.02)."""
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
+    elif isinstance(m, nn.BatchNorm2d) and m.affine:
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)

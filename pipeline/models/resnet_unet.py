@@ -23,14 +23,39 @@ from torchvision.models import ResNet18_Weights, resnet18
 STRIDE = 16  # the encoder's total downsampling: inputs must be multiples of it
 
 
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet ResNet-18 weights via the torchvision weights API (torch hub cache first)."""
+def _imagenet_state_dict(weights=ResNet18_Weights.IMAGENET1K_V1) -> dict[str, torch.Tensor]:
+    """ImageNet weights of a torchvision weights enum via its API (torch hub cache first)."""
     # torch.hub announces a download on stdout; keep that only when the download worked, so an
     # offline run prints just the one-line notice below.
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+        state = weights.get_state_dict(progress=False, weights_only=True)
     sys.stdout.write(said.getvalue())
     return state
+
+
+def load_imagenet(net: nn.Module, weights, what: str) -> tuple[str, str]:
+    """Load ``weights`` (a torchvision weights enum) into ``net``; returns (used, reason).
+
+    used is "imagenet", or "random" when the weights cannot be had (offline, proxy, corrupt cache),
+    in which case ONE line ``<what> weights: imagenet unavailable (<reason>); using random init`` is
+    printed and ``net`` keeps its random init. Shared by every model with an ImageNet backbone."""
+    try:
+        net.load_state_dict(_imagenet_state_dict(weights))
+        return "imagenet", f"torchvision {type(weights).__name__}.{weights.name}"
+    except Exception as e:  # offline, proxy, corrupt cache: all mean "no pretrained weights"
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        print(f"{what} weights: imagenet unavailable ({reason}); using random init")
+        return "random", reason
+
+
+def adapt_conv1(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A copy of a ResNet ``conv1`` (64, 3, 7, 7) for ``in_channels`` inputs: the RGB filters are
+    summed over their input channels (keeps the response to a grey image), averaged and repeated
+    when in_channels > 1."""
+    w = conv.weight.data
+    new = nn.Conv2d(in_channels, conv.out_channels, 7, stride=2, padding=3, bias=False)
+    new.weight.data = w.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+    return new
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -75,18 +100,10 @@ class ResNet18UNet(nn.Module):
         net = resnet18(weights=None)
         self.encoder_weights_used, self.encoder_weights_reason = "random", "not requested"
         if encoder_weights == "imagenet":
-            try:
-                net.load_state_dict(_imagenet_state_dict())
-                self.encoder_weights_used = "imagenet"
-                self.encoder_weights_reason = "torchvision ResNet18_Weights.IMAGENET1K_V1"
-            except Exception as e:  # offline, proxy, corrupt cache: all mean "no pretrained weights"
-                reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                print(f"encoder weights: imagenet unavailable ({reason}); using random init")
-                self.encoder_weights_reason = reason
+            self.encoder_weights_used, self.encoder_weights_reason = load_imagenet(
+                net, ResNet18_Weights.IMAGENET1K_V1, "encoder")
         if in_channels != 3:
-            w = net.conv1.weight.data  # (64, 3, 7, 7); summing keeps the response to a grey image
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-            net.conv1.weight.data = w.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+            net.conv1 = adapt_conv1(net.conv1, in_channels)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)        # 1/2, 64
         self.pool, self.layer1 = net.maxpool, net.layer1                # 1/4, 64
         self.layer2, self.layer3 = net.layer2, net.layer3               # 1/8, 128; 1/16, 256

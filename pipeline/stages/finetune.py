@@ -6,6 +6,12 @@ Starts from ``<paths.colorize_models>/<name>/pretrained.pt``, trains on the colo
 ``<paths.split>/train.csv`` (rows with grey == "1" carry no colour and are skipped), and writes
 ``finetuned.pt`` + ``finetuned.card.json`` beside it and the loss curves
 ``<paths.metrics>/plots/finetune/<name>.csv``. Killed runs resume on rerun.
+
+The zoo entry picks the discriminator (``discriminator``: patchgan | vgg_residual | resnet50_patch,
+with ``discriminator_kwargs``), may override ``train.gan_loss`` (``gan_loss``) and the ``finetune``
+section (its own ``finetune`` keys). With ``finetune.eval_every`` > 0, the val L1 on the colour tiles
+of ``<paths.split>/val.csv`` (centre crops) is logged to ``<paths.metrics>/plots/val/<name>.csv``,
+``finetuned.pt`` holds the best of them, and ``patience`` evaluations without improvement stop early.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_p
 PHASE = "finetune"
 
 
-def load_colour_tiles(tiles_dir: Path, split_dir: Path, crop: int) -> tuple[torch.Tensor, dict]:
-    """The train split's colour tiles as uint8 (N, 3, S, S), and facts about them for the card."""
-    rows = read_split(split_dir, "train")
-    split_file = split_dir / "train.csv"
+def load_colour_tiles(tiles_dir: Path, split_dir: Path, crop: int, split: str = "train"
+                      ) -> tuple[torch.Tensor, dict]:
+    """A split's colour tiles as uint8 (N, 3, S, S), and facts about them for the card. An empty
+    train split is an error; an empty val split gives an empty tensor."""
+    rows = read_split(split_dir, split)
+    split_file = split_dir / f"{split}.csv"
     colour = [r["tile_id"] for r in rows if r.get("grey", "0") != "1"]
+    if not colour and split != "train":
+        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(split_file), "tiles": 0}
     if not colour:
         raise SystemExit(f"{split_file}: none of its {len(rows)} train tiles has colour (all grey == 1); "
                          "add colour images (scrape.sources) and rerun `dvc repro split`")
@@ -51,8 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     name = ap.parse_args(argv).name
     params = load_params()
     paths, entry = params["paths"], zoo_entry(params, name)
-    cfg = TrainConfig.from_params(params, PHASE)
+    cfg = TrainConfig.from_params(params, PHASE, entry)
     tiles, data = load_colour_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop)
+    cfg = cfg.with_epochs(len(tiles))
+    val, val_data = (load_colour_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop, "val")
+                     if cfg.eval_every > 0 else (None, None))
+    if val_data is not None:
+        data["val"] = val_data
+        if not len(val):
+            print(f"{val_data['split']}: no colour val tiles; no validation, finetuned.pt is the last step")
 
     pretrained = Path(paths["colorize_models"]) / name / "pretrained.pt"
     G, meta = load_generator(pretrained)
@@ -62,22 +79,30 @@ def main(argv: list[str] | None = None) -> None:
     data["pretrained_sha256"] = sha256_file(pretrained)
     seed_everything(cfg.seed)
     d_arch = entry["discriminator"]
-    d_kwargs = {"in_channels": 1 + out_channels(entry["color_space"])}
+    d_kwargs = {"in_channels": 1 + out_channels(entry["color_space"]),
+                **(entry.get("discriminator_kwargs") or {})}
     D = discriminator_class(d_arch)(**d_kwargs)
+    d_card = {"arch": d_arch, "kwargs": d_kwargs}
+    if hasattr(D, "weights_used"):
+        d_card["weights"] = {"used": D.weights_used, "reason": D.weights_reason}
+    if cfg.gan_loss == "wgan-gp" and any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()):
+        print(f"warning: WGAN-GP with a BatchNorm critic ({d_arch}); its per-sample gradient penalty "
+              "assumes none: set discriminator_kwargs norm: instance or none")
 
     read = phase_params(params, name, PHASE)
     run = Run(name=name, phase=PHASE, G=G, D=D, color_space=entry["color_space"], images=tiles,
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv")
+              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv", val_images=val,
+              val_csv_path=Path(paths["metrics"]) / "plots" / "val" / f"{name}.csv")
     result = fit(run, cfg)
     out = pretrained.with_name("finetuned.pt")
     card = finish(run, cfg, result, out_path=out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"],
-                  card={"discriminator": {"arch": d_arch, "kwargs": d_kwargs}, "gan_loss": cfg.gan_loss,
-                        "l1_weight": cfg.l1_weight,
+                  card={"discriminator": d_card, "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
+                        **({"gp_weight": cfg.gp_weight} if cfg.gan_loss == "wgan-gp" else {}),
                         "encoder_weights": meta.get("card", {}).get("encoder_weights"),
                         "params": read, "data": data})
-    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+    print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
 
 
 if __name__ == "__main__":

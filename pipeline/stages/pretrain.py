@@ -5,6 +5,8 @@
 Reads ``<paths.natural>/manifest.jsonl`` (records with ``file``, a name inside paths.natural) and
 writes ``<paths.colorize_models>/<name>/pretrained.pt`` + ``pretrained.card.json`` and the loss curve
 ``<paths.metrics>/plots/pretrain/<name>.csv`` (step, loss_g_l1). Killed runs resume on rerun.
+The zoo entry names the generator, its ``generator_kwargs`` (widths, depth) and may override the
+``pretrain`` section with its own ``pretrain`` keys (e.g. fewer steps for a CPU-sized run).
 """
 
 from __future__ import annotations
@@ -53,14 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     name = ap.parse_args(argv).name
     params = load_params()
     paths, entry = params["paths"], zoo_entry(params, name)
-    cfg = TrainConfig.from_params(params, PHASE)
+    cfg = TrainConfig.from_params(params, PHASE, entry)  # the entry's "pretrain" keys override
     photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
 
     seed_everything(cfg.seed)
     weights = params["model"]["encoder_weights"]
     arch = entry["generator"]
     arch_kwargs = {"out_channels": out_channels(entry["color_space"]), "in_channels": 1,
-                   "encoder_weights": None if weights in (None, "none") else weights}
+                   "encoder_weights": None if weights in (None, "none") else weights,
+                   **(entry.get("generator_kwargs") or {})}
     G = generator_class(arch)(**arch_kwargs)
     encoder = {"requested": weights, "used": getattr(G, "encoder_weights_used", None),
                "reason": getattr(G, "encoder_weights_reason", None)}
