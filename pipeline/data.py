@@ -49,6 +49,21 @@ def load_tiles(tiles_dir: str | os.PathLike, tile_ids: Sequence[str]) -> torch.T
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def load_tiles_checked(tiles_dir: str | os.PathLike, tile_ids: Sequence[str], crop: int,
+                     crop_params: str) -> torch.Tensor:
+    """``load_tiles`` for training: unreadable tiles or tiles smaller than ``crop`` stop the stage with
+    one line that names the fix (``crop_params``: the params to lower, e.g. ``finetune.crop``)."""
+    try:
+        tiles = load_tiles(tiles_dir, tile_ids)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
+                         ) from None
+    if min(tiles.shape[-2:]) < crop:
+        raise SystemExit(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
+                         f"lower {crop_params} or raise tile.size")
+    return tiles
+
+
 def random_crops(images: torch.Tensor | Sequence[torch.Tensor], batch: int, crop: int,
                  generator: torch.Generator) -> torch.Tensor:
     """A batch of random ``crop`` x ``crop`` patches, each with its own random h/v flips.

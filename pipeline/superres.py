@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import load_tiles, read_split
+from pipeline.data import load_tiles_checked, read_split
 from pipeline.fsio import sha256_file
 from pipeline.metrics import MIN_MSE, RGB, gaussian_kernel1d, l1_per_channel, l2_per_channel, psnr, ssim
 from pipeline.train import images_sha256
@@ -223,14 +223,8 @@ def load_train_tiles(tiles_dir: Path, split_dir: Path, crop: int, scale: int) ->
         raise SystemExit(f"{split_file}: no train tiles; add images or lower split.test_fraction")
     if crop % scale:
         raise SystemExit(f"params.yaml: the HR crop {crop} px is not a multiple of superres.scale {scale}")
-    try:
-        tiles = load_tiles(tiles_dir, [r["tile_id"] for r in rows])
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
-                         ) from None
-    if min(tiles.shape[-2:]) < crop:
-        raise SystemExit(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px HR crop; "
-                         "lower sr_pretrain.crop / sr_finetune.crop or raise tile.size")
+    tiles = load_tiles_checked(tiles_dir, [r["tile_id"] for r in rows], crop,
+                               "sr_pretrain.crop / sr_finetune.crop (the HR crop)")
     facts = {"split": str(split_file), "split_sha256": sha256_file(split_file), "tiles": len(rows),
              "pixels_sha256": images_sha256(tiles)}
     return tiles, facts

@@ -93,6 +93,19 @@ def shrink_to(im: Image.Image, max_pixels: int) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS)
 
 
+def write_durable(out_dir: Path, name: str, data: bytes) -> Path:
+    """Write ``out_dir/name`` via a ``.part`` temp file, fsync'd then renamed: a killed run never
+    leaves a partial file under the final name, and what is renamed is on disk."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / name, out_dir / f".{name}.part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, *,
                 max_pixels: int, array: np.ndarray | None = None) -> dict:
     """Validate, maybe downscale, atomically write ``<id>.<ext>``, then append the manifest record.
@@ -115,14 +128,7 @@ def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, 
         small.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         data = buf.getvalue()
     ext = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "FITS": "fits"}.get(fmt, fmt.lower())
-    path = out_dir / f"{image_id}.{ext}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{image_id}.{ext}.part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path = write_durable(out_dir, f"{image_id}.{ext}", data)
     row = {"id": image_id, "source": record.get("source"), "url": record.get("url"),
            "sha256": sha256_bytes(data), "width": small.width, "height": small.height,
            "title": record.get("title", ""), "credit": record.get("credit", "unknown"),

@@ -25,14 +25,13 @@ HST data are public and not copyrighted; the HLA asks to be acknowledged (credit
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from pipeline.fsio import MANIFEST, append_jsonl, sha256_bytes
-from pipeline.sources.common import BadImage, SourceConfig, now_iso
+from pipeline.sources.common import BadImage, SourceConfig, now_iso, write_durable
 from pipeline.sources.http import (
     Candidate,
     Download,
@@ -186,13 +185,7 @@ def store_fits(out_dir: Path, fits_id: str, data: bytes, record: dict) -> dict:
         raise
     except Exception as e:
         raise BadImage(f"{origin}: not a readable FITS file ({type(e).__name__}: {e})") from None
-    path = out_dir / f"{fits_id}.fits"
-    tmp = out_dir / f".{fits_id}.fits.part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path = write_durable(out_dir, f"{fits_id}.fits", data)
     row = {"id": fits_id, "source": record.get("source"), "url": record.get("url"),
            "sha256": sha256_bytes(data), "width": int(width), "height": int(height),
            "title": record.get("title", ""), "credit": record.get("credit", ""),

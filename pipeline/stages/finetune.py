@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data import load_tiles, read_split
+from pipeline.data import load_tiles_checked, read_split
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
 from pipeline.params import load_params, params_hash, seed_everything
@@ -42,14 +42,7 @@ def load_colour_tiles(tiles_dir: Path, split_dir: Path, crop: int, split: str = 
     if not colour:
         raise SystemExit(f"{split_file}: none of its {len(rows)} train tiles has colour (all grey == 1); "
                          "add colour images (scrape.sources) and rerun `dvc repro split`")
-    try:
-        tiles = load_tiles(tiles_dir, colour)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
-                         ) from None
-    if min(tiles.shape[-2:]) < crop:
-        raise SystemExit(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
-                         "lower finetune.crop or raise tile.size")
+    tiles = load_tiles_checked(tiles_dir, colour, crop, "finetune.crop")
     facts = {"split": str(split_file), "split_sha256": sha256_file(split_file), "tiles": len(colour),
              "grey_skipped": len(rows) - len(colour), "pixels_sha256": images_sha256(tiles)}
     return tiles, facts
