@@ -1,8 +1,13 @@
 """The astrogan command: colorize or 4x-upscale your own images with the trained models; show a card.
 
-    astrogan colorize IN... -o OUT [--model models/colorize/<name>]
-    astrogan upscale  IN... -o OUT [--model models/superres/<name>]
-    astrogan info MODEL
+    astrogan colorize IN... -o OUT [--model NAME | best | models/colorize/<name> | FILE.safetensors]
+    astrogan upscale  IN... -o OUT [--model NAME | best | models/superres/<name> | FILE.pt]
+    astrogan info [MODEL]
+
+Without ``--model`` the task's default release weights shipped in ``weights/`` are used (their
+sha256 checked against ``weights/registry.json``); with no release there, the best model of the
+project's last ``dvc repro`` by ``metrics/``, which ``--model best`` always picks. ``info`` alone lists
+the release weights; ``info MODEL`` shows a release's card or a checkpoint's.
 
 IN: files or folders (``--recursive`` for subfolders). OUT: a folder (outputs keep the inputs' names
 and subfolders, as PNG or ``--format tiff``), or with one input file, an output file name. A file
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import __version__
+from pipeline import __version__, weights
 from pipeline import inference as inf
 from pipeline.imageio import STRETCHES, InputError, is_image_name, read_picture, write_picture
 from pipeline.inference import ModelError
@@ -44,10 +49,13 @@ def _image_args(p: argparse.ArgumentParser, task: str, tile_help: str, overlap_h
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created), or an output .png/.tif file when IN is one file")
-    p.add_argument("--model", help=f"a model folder (its finetuned.pt, else pretrained.pt) or a .pt file; "
-                   f"default: the best {task} model in the project's metrics/")
+    p.add_argument("--model", help="release weights (NAME or release:NAME from weights/registry.json, or a "
+                   ".safetensors file), 'best' (the best model in the project's metrics/), a model folder "
+                   "(its finetuned.pt, else pretrained.pt) or a .pt file; default: the default "
+                   f"{task} release in weights/, else 'best'")
     p.add_argument("--project", default=".", metavar="DIR",
-                   help="project root holding params.yaml, models/ and metrics/ (default: .)")
+                   help="project root holding params.yaml, models/ and metrics/, for --model best "
+                   "(default: .)")
     p.add_argument("--recursive", "-r", action="store_true", help="also process images in subfolders")
     p.add_argument("--format", choices=("png", "tiff"), default="png", help="output format (default png)")
     p.add_argument("--bit-depth", choices=("auto", "8", "16"), default="auto",
@@ -86,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("upscale", help="4x super-resolution", epilog=EPILOG,
                        description="Upscale images 4x; grey inputs give grey outputs.")
     _image_args(u, "superres", "64, the training LR patch size", "tile/8")
-    i = sub.add_parser("info", help="show a model's card, checksum, step and metrics")
-    i.add_argument("model", metavar="MODEL", help="a model folder or a .pt checkpoint")
+    i = sub.add_parser("info", help="list the release weights, or show a model's card, checksum and metrics",
+                       description="No MODEL: list the release weights in weights/registry.json. MODEL: "
+                       "show its card. Exit status 101 when a registered release file is missing or fails "
+                       "its sha256 check.")
+    i.add_argument("model", metavar="MODEL", nargs="?",
+                   help="a release (NAME, release:NAME or a .safetensors file), a model folder or a .pt file")
     i.add_argument("--project", default=".", metavar="DIR", help="project root (for metrics/; default .)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -156,15 +168,6 @@ def _bits(choice: str, source_bits: int) -> int:
     return int(choice) if choice != "auto" else (8 if source_bits == 8 else 16)
 
 
-def _load(args: argparse.Namespace, task: str, device: torch.device) -> tuple[inf.Loaded, str]:
-    """The model (``--model`` or the project's best) and why it was chosen; raises ModelError."""
-    if args.model:
-        path, why = inf.checkpoint_in(Path(args.model)), "--model"
-    else:
-        path, why = inf.default_model(Path(args.project), task)
-    return inf.load_model(path, task, device), why
-
-
 def _tiling(args: argparse.Namespace, lm: inf.Loaded) -> str | None:
     """Fill in --tile/--overlap defaults; return an error message if they do not fit together."""
     if args.tile is None:  # colorizers: the crop size they were trained at
@@ -180,7 +183,7 @@ def run_images(args: argparse.Namespace) -> int:
     task = "colorize" if args.command == "colorize" else "superres"
     device = resolve_device(args.device)
     try:
-        lm, why = _load(args, task, device)
+        lm, chosen = inf.open_model(args.model, Path(args.project), task, device)
     except ModelError as e:
         print(f"astrogan: {e}", file=sys.stderr)
         return EXIT_NO_MODEL
@@ -188,7 +191,7 @@ def run_images(args: argparse.Namespace) -> int:
         print(f"astrogan: {problem}", file=sys.stderr)
         return 2
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    say(f"model: {lm.path} ({why}); device {device}; tiles {args.tile} px, overlap {args.overlap}")
+    say(f"model: {chosen}; device {device}; tiles {args.tile} px, overlap {args.overlap}")
     record = lm.record()
     items = expand_inputs(args.inputs, args.recursive, Path(args.output).resolve())
     if Path(args.output).suffix.lower() in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):
@@ -247,6 +250,14 @@ def _one(args, lm, record: dict, src: Path, dst: Path, device: torch.device, say
 
 def run_info(args: argparse.Namespace) -> int:
     try:
+        if args.model is None:
+            return _list_releases(args)
+        if inf.release_spec(args.model):
+            return _release_card(args)
+    except SystemExit as e:  # weights.ReleaseError: a broken registry, an unknown name
+        print(f"astrogan: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    try:
         path = inf.checkpoint_in(Path(args.model))
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except ModelError as e:
@@ -278,6 +289,68 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print(f"metrics ({metrics_file}, {name}/{phase}):\n" + json.dumps(info["metrics"], indent=2))
     return 0
+
+
+def _metrics_line(metrics: dict, prefix: str = "") -> str:
+    """Flat ``key value`` pairs of a (nested) metrics dict, for one line of a listing."""
+    parts = []
+    for key, value in (metrics or {}).items():
+        if isinstance(value, dict):
+            parts.append(_metrics_line(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{prefix}{key} {value:g}")
+    return ", ".join(p for p in parts if p)
+
+
+def _list_releases(args: argparse.Namespace) -> int:
+    """``astrogan info`` alone: the release weights, each file checked against its sha256."""
+    folder = weights.weights_dir()
+    models = weights.registry(folder)["models"]
+    rows = {name: {**e, "check": weights.check(folder / str(e.get("file")), e) or "ok"}
+            for name, e in models.items()}
+    status = EXIT_NO_MODEL if any(e["check"] != "ok" for e in rows.values()) else 0
+    if args.json:
+        print(json.dumps({"weights_dir": str(folder), "models": rows}, indent=2, default=str))
+        return status
+    if not rows:
+        print(f"no release weights in {weights.display(folder)}/ (no {weights.REGISTRY} entries): "
+              "colorize and upscale use the best model in the project's metrics/")
+        return 0
+    total = sum(int(e.get("bytes") or 0) for e in rows.values())
+    print(f"release weights in {weights.display(folder)}/: {len(rows)}, {total:,} of "
+          f"{weights.MAX_TOTAL_BYTES:,} bytes")
+    for name, e in rows.items():
+        state = "ok" if e["check"] == "ok" else "MISSING" if "file missing" in e["check"] else "BAD FILE"
+        print(f"  {name:<16} {e.get('task', '?'):<9} {'default' if e.get('default') else '':<7} "
+              f"{int(e.get('bytes') or 0):>11,} B  sha256 {str(e.get('sha256'))[:12]}  {state:<10} "
+              f"{_metrics_line(e.get('metrics'))}")
+    return status
+
+
+def _release_card(args: argparse.Namespace) -> int:
+    """``astrogan info NAME``: a release's registry entry (or a lone file's header), its file checked."""
+    card = weights.describe(args.model)
+    if args.json:
+        print(json.dumps(card, indent=2, default=str))
+    else:
+        data = card.get("data") or {}
+        default = f" (the default {card['task']} model)" if card.get("default") else ""
+        checked = "the file matches" if card["check"] == "ok" else card["check"]
+        lines = [("release", f"{card['release']}{default}"),
+                 ("file", f"{weights.display(Path(card['path']))} ({card.get('bytes', '?')} bytes)"),
+                 ("sha256", f"{card.get('sha256', '?')} ({checked})"),
+                 ("task", card["task"] + (f", {card['scale']}x" if card.get("scale") else "")),
+                 ("arch", f"{card['arch']} {json.dumps(card['arch_kwargs'])}"),
+                 ("colour", card["color_space"]),
+                 ("trained", f"{card.get('steps', '?')} steps on {card.get('device', '?')}"),
+                 ("data", f"{data.get('source', '?')}, {data.get('images', '?')} images, manifest sha256 "
+                          f"{data.get('manifest_sha256', '?')}"),
+                 ("credit", data.get("credit", "?")), ("licence", data.get("licence", "?")),
+                 ("command", card.get("command", "?")), ("reproducible", card.get("reproducible", "?"))]
+        print("\n".join(f"{key + ':':<13} {value}" for key, value in lines))
+        print("metrics:\n" + json.dumps(card.get("metrics", {}), indent=2))
+        print("params:\n" + json.dumps(card.get("params", {}), indent=2, default=str))
+    return EXIT_NO_MODEL if card["registered"] and card["check"] != "ok" else 0
 
 
 def main(argv: list[str] | None = None) -> int:

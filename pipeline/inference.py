@@ -1,8 +1,11 @@
 """Trained generators applied to whole images: model choice, colorize, upscale.
 
-``resolve_model`` turns ``--model`` (a model folder or a ``.pt`` file) or nothing into a checkpoint:
-with nothing, the best model of the last ``dvc repro`` by ``metrics/`` (lowest ``ab_l1`` for
-colorization, highest ``psnr_rgb`` for super-resolution), with a line saying which and why.
+``open_model`` turns ``--model`` or nothing into a loaded generator and a line saying which and why.
+Nothing: the task's default release weights (``weights/registry.json``, sha256 checked; see
+weights.py), else the best model of the last ``dvc repro`` by ``metrics/`` (lowest ``ab_l1`` for
+colorization, highest ``psnr_rgb`` for super-resolution). ``best``: the latter, always.
+``release:NAME``, a NAME the registry lists, or a ``.safetensors`` file: release weights. Otherwise a
+model folder (its ``finetuned.pt``, else ``pretrained.pt``) or a ``.pt`` checkpoint.
 
 ``colorize_image``: the input's CIE L at full resolution; the generator predicts a*b on overlapping
 tiles (tiling.py); the blended a*b, scaled by ``strength``, joins the full-resolution L and goes
@@ -13,6 +16,7 @@ Both stream finished strips into a preallocated uint8/uint16 array: memory stays
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import color
+from pipeline import color, weights
 from pipeline.fsio import sha256_file
 from pipeline.imageio import quantize
 from pipeline.models import load_generator
@@ -48,10 +52,13 @@ class Loaded:
     scale: int
     multiple: int
     meta: dict
+    release: str | None = None  # the release name, for release weights
+    sha256: str | None = None   # the file's sha256 when already verified against the registry
 
     def record(self) -> dict:
-        return {"model": str(self.path), "model_sha256": sha256_file(self.path),
-                "model_arch": self.meta.get("arch"), "model_step": self.meta.get("step")}
+        found = {"model": str(self.path), "model_sha256": self.sha256 or sha256_file(self.path),
+                 "model_arch": self.meta.get("arch"), "model_step": self.meta.get("step")}
+        return {**found, "release": self.release} if self.release else found
 
 
 def project_paths(project: Path, task: str) -> tuple[Path, Path]:
@@ -111,18 +118,70 @@ def _multiple(model: torch.nn.Module) -> int:
     return int(found)
 
 
-def load_model(path: Path, task: str, device: torch.device) -> Loaded:
-    """Load a checkpoint and check it does ``task`` (a colorizer for colorize, a 4x model for upscale)."""
-    try:
-        model, meta = load_generator(path, device)
-    except SystemExit as e:  # load_generator speaks to stage scripts; here it is one file's error
-        raise ModelError(str(e)) from None
+def _loaded(model: torch.nn.Module, meta: dict, path: Path, task: str, shown: str, **kw) -> Loaded:
+    """Check the generator does ``task`` (a colorizer for colorize, a 4x model for upscale)."""
     card = meta.get("card") or {}
     found = card.get("task", "superres" if "scale" in card else "colorize")
     if found != task:
         verb = "upscale" if found == "superres" else "colorize"
-        raise ModelError(f"{path}: a {found} model; use `astrogan {verb}` with it")
-    return Loaded(model, path, task, meta["color_space"], int(card.get("scale", 1)), _multiple(model), meta)
+        raise ModelError(f"{shown}: a {found} model; use `astrogan {verb}` with it")
+    return Loaded(model, path, task, meta["color_space"], int(card.get("scale", 1)), _multiple(model), meta,
+                  **kw)
+
+
+def load_model(path: Path, task: str, device: torch.device) -> Loaded:
+    """Load a project checkpoint (``.pt``) for ``task``."""
+    try:
+        model, meta = load_generator(path, device)
+    except SystemExit as e:  # load_generator speaks to stage scripts; here it is one file's error
+        raise ModelError(str(e)) from None
+    return _loaded(model, meta, path, task, str(path))
+
+
+def load_release_model(spec: str, task: str, device: torch.device) -> tuple[Loaded, str]:
+    """Load release weights (a name, ``release:NAME`` or a ``.safetensors`` file) for ``task``, and the
+    line that says which, and whether its sha256 was checked against the registry."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unregistered file: the returned line says so
+            model, meta = weights.load_release(spec, device)
+    except SystemExit as e:  # ReleaseError and unknown architectures: one line each
+        raise ModelError(str(e)) from None
+    name, path = meta["release"], meta["file"]
+    lm = _loaded(model, meta, path, task, f"release {name}", release=name, sha256=meta["sha256"])
+    checked = "sha256 verified" if meta["sha256"] else "no registry entry: sha256 NOT checked"
+    return lm, f"release {name} ({weights.display(path)}, {checked})"
+
+
+def release_spec(spec: str) -> bool:
+    """Whether ``--model``/``info`` ``spec`` names release weights rather than a checkpoint: ``release:NAME``,
+    a ``.safetensors`` file, or a name the registry lists that is no existing file or folder."""
+    if spec.startswith(weights.PREFIX) or spec.endswith(weights.SUFFIX):
+        return True
+    return not Path(spec).exists() and spec in weights.registry()["models"]
+
+
+def open_model(spec: str | None, project: Path, task: str, device: torch.device) -> tuple[Loaded, str]:
+    """The generator ``--model`` names, or the default (module docstring), and a line saying which and
+    why. Raises ModelError with one line that says what to do."""
+    try:
+        if spec is None:  # an empty or missing registry: the project's best, as before releases
+            name = weights.default_release(task)
+            spec = weights.PREFIX + name if name else "best"
+        is_release = spec != "best" and release_spec(spec)
+    except SystemExit as e:  # a broken registry is loud, not skipped
+        raise ModelError(str(e)) from None
+    if is_release:
+        return load_release_model(spec, task, device)
+    if spec == "best":
+        path, why = default_model(project, task)
+        return load_model(path, task, device), f"{path} ({why})"
+    if not Path(spec).exists():
+        where = weights.display(weights.weights_dir() / weights.REGISTRY)
+        raise ModelError(f"{spec}: no such model file or folder, nor a release in {where} "
+                         "(`astrogan info` lists them)")
+    path = checkpoint_in(Path(spec))
+    return load_model(path, task, device), f"{path} (--model)"
 
 
 def lightness(data: np.ndarray) -> np.ndarray:

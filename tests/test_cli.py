@@ -4,7 +4,9 @@ The colorize tests run the command in a subprocess on a throw-away project holdi
 ResNet18UNet checkpoint (random weights, the head scaled x10 so that the colour it predicts depends
 visibly on context, which is what makes tile seams possible) and a metrics file naming it. Until
 the super-resolution models land, ``upscale`` runs in-process with a tiny 4x generator registered
-in the model zoo by monkeypatching.
+in the model zoo by monkeypatching. Every test runs with ``ASTROGAN_WEIGHTS`` pointing at an empty
+folder, so the repository's release weights (weights/, tested in test_weights.py) never stand in for
+the project's models: no --model means the best model in the project's metrics/, as before releases.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def astrogan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def no_release_weights(tmp_path_factory, monkeypatch) -> None:
+    """An empty weights folder: subprocesses inherit it through the environment."""
+    monkeypatch.setenv("ASTROGAN_WEIGHTS", str(tmp_path_factory.mktemp("no_weights")))
 
 
 @pytest.fixture(scope="module")
