@@ -1,14 +1,19 @@
-"""Tiles and photos as in-memory uint8 tensors, and random crops of them as training batches.
+"""Tiles and photos as uint8 tensors, and random crops of them as training batches.
 
-The data sets here are small enough (hundreds of 256 px tiles) to sit in memory as one uint8
-tensor (N, 3, S, S): a batch is an index + crop + flip, done on whatever device holds the tensor,
-with no per-sample Python work and no DataLoader. Colour conversion happens in the step (color.py).
+The stage ``pack`` stores each split's tiles once as one uint8 array file (``<split>.npy``,
+(N, 3, S, S)) beside its rows (``<split>.csv``); training memory-maps it (:func:`read_packed`), and a
+:class:`Feeder` puts it on the training device: whole on the GPU when it fits, else streamed from
+pinned memory on a side stream. A batch is an index + crop + flip (:func:`plan_crops` draws it on
+the CPU, :func:`gather_crops` does it in one gather on the data's device), with no per-sample Python
+work and no DataLoader; colour conversion happens in the step (color.py), on the same device.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +69,71 @@ def load_tiles_checked(tiles_dir: str | os.PathLike, tile_ids: Sequence[str], cr
     return tiles
 
 
+@dataclass(frozen=True)
+class CropPlan:
+    """Where a batch's crops come from: image index, top-left corner and flips per sample (CPU)."""
+
+    idx: torch.Tensor      # (B,) long
+    y0: torch.Tensor       # (B,) long
+    x0: torch.Tensor       # (B,) long
+    flip_h: torch.Tensor   # (B,) bool
+    flip_v: torch.Tensor   # (B,) bool
+    crop: int
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def _sizes(images: torch.Tensor | Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return torch.tensor(images.shape[-2:]).expand(len(idx), 2)
+    return torch.tensor([tuple(images[i].shape[-2:]) for i in idx.tolist()]).view(len(idx), 2)
+
+
+def plan_crops(images: torch.Tensor | np.ndarray | Sequence[torch.Tensor], batch: int, crop: int,
+               generator: torch.Generator) -> CropPlan:
+    """Draw a batch's crops: ``batch`` images (with replacement), a corner uniform over each one's
+    valid range and independent h/v flips, all from ``generator`` (a CPU ``torch.Generator``), in an
+    order fixed forever: the same generator state gives the same plan on any device."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to crop from")
+    idx = torch.randint(n, (batch,), generator=generator)
+    sizes = _sizes(images, idx)
+    small = (sizes < crop).any(1)
+    if small.any():
+        i = int(idx[small.nonzero()[0, 0]])
+        h, w = images[i].shape[-2:]
+        raise ValueError(f"image {i} is {w}x{h}, smaller than the {crop} px crop; lower the crop")
+    u = torch.rand(batch, 2, generator=generator)
+    y0, x0 = (u * (sizes - crop + 1)).long().clamp_max_(sizes - crop).unbind(1)
+    flip_h, flip_v = (torch.rand(batch, 2, generator=generator) < 0.5).unbind(1)
+    return CropPlan(idx, y0, x0, flip_h, flip_v, crop)
+
+
+def gather_crops(images: torch.Tensor | Sequence[torch.Tensor], plan: CropPlan,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """The uint8 crops (B, 3, crop, crop) of ``plan``, on the images' device, flips applied.
+
+    A uint8 tensor (N, 3, H, W) is read with one advanced-indexing gather (flips folded into the
+    row/column index grids, no per-sample Python work); ``out`` (uint8, e.g. pinned) receives it.
+    A list of (3, H_i, W_i) tensors of varying size is sliced per sample."""
+    crop = plan.crop
+    if isinstance(images, torch.Tensor):
+        dev = images.device
+        r = torch.arange(crop)
+        rows = plan.y0[:, None] + torch.where(plan.flip_v[:, None], crop - 1 - r, r)   # (B, crop)
+        cols = plan.x0[:, None] + torch.where(plan.flip_h[:, None], crop - 1 - r, r)   # (B, crop)
+        index = (plan.idx.to(dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                 rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :])
+        return images[index] if out is None else out.copy_(images[index])
+    crops = torch.stack([images[i][:, y:y + crop, x:x + crop] for i, y, x in
+                         zip(plan.idx.tolist(), plan.y0.tolist(), plan.x0.tolist(), strict=True)])
+    dev = crops.device
+    crops = torch.where(plan.flip_h.to(dev)[:, None, None, None], crops.flip(-1), crops)
+    return torch.where(plan.flip_v.to(dev)[:, None, None, None], crops.flip(-2), crops)
+
+
 def random_crops(images: torch.Tensor | Sequence[torch.Tensor], batch: int, crop: int,
                  generator: torch.Generator) -> torch.Tensor:
     """A batch of random ``crop`` x ``crop`` patches, each with its own random h/v flips.
@@ -72,36 +142,102 @@ def random_crops(images: torch.Tensor | Sequence[torch.Tensor], batch: int, crop
     ``generator`` is a CPU ``torch.Generator``; the same generator state gives the same batch.
     Returns float RGB in [0, 1], (batch, 3, crop, crop), on the images' device.
     """
-    n = len(images)
-    if n == 0:
-        raise ValueError("no images to crop from")
-    idx = torch.randint(n, (batch,), generator=generator)
-    if isinstance(images, torch.Tensor):
-        sizes = torch.tensor(images.shape[-2:]).expand(batch, 2)
-    else:
-        sizes = torch.tensor([tuple(images[i].shape[-2:]) for i in idx.tolist()]).view(batch, 2)
-    small = (sizes < crop).any(1)
-    if small.any():
-        i = int(idx[small.nonzero()[0, 0]])
-        h, w = images[i].shape[-2:]
-        raise ValueError(f"image {i} is {w}x{h}, smaller than the {crop} px crop; lower the crop")
-    # Top-left corners, uniform over the valid range of each sample's own image; flips per sample.
-    u = torch.rand(batch, 2, generator=generator)
-    y0, x0 = (u * (sizes - crop + 1)).long().clamp_max_(sizes - crop).unbind(1)
-    flip_h, flip_v = (torch.rand(batch, 2, generator=generator) < 0.5).unbind(1)
-    if isinstance(images, torch.Tensor):
-        # One gather for the whole batch: row/column index grids per sample, flips folded into them.
-        dev = images.device
-        r = torch.arange(crop)
-        rows = y0[:, None] + torch.where(flip_v[:, None], crop - 1 - r, r)       # (B, crop)
-        cols = x0[:, None] + torch.where(flip_h[:, None], crop - 1 - r, r)       # (B, crop)
-        out = images[idx.to(dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                     rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
-        return out.float().div_(255.0)
-    # Images of different sizes cannot be gathered at once: slice each, then flip the batch at once.
-    out = torch.stack([images[i][:, y:y + crop, x:x + crop]
-                       for i, y, x in zip(idx.tolist(), y0.tolist(), x0.tolist(), strict=True)])
-    out = out.float().div_(255.0)
-    dev = out.device
-    out = torch.where(flip_h.to(dev)[:, None, None, None], out.flip(-1), out)
-    return torch.where(flip_v.to(dev)[:, None, None, None], out.flip(-2), out)
+    return gather_crops(images, plan_crops(images, batch, crop, generator)).float().div_(255.0)
+
+
+# --- the packed tile arrays (stage ``pack``) and feeding them to the training device -------------
+
+PACKED_COLUMNS = ["row", "tile_id", "image_id", "grey"]
+
+
+def packed_paths(packed_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(``<split>.npy``, ``<split>.csv``) of a packed split."""
+    return Path(packed_dir) / f"{split}.npy", Path(packed_dir) / f"{split}.csv"
+
+
+def read_packed(packed_dir: str | os.PathLike, split: str, *, colour_only: bool = False
+                ) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """A packed split as uint8 (N, 3, S, S) and its rows (row, tile_id, image_id, grey).
+
+    The array is memory-mapped (no copy, pages read on use); ``colour_only`` keeps the rows with
+    grey != "1" (a copy of those tiles). Missing or unreadable files stop with one line and the fix."""
+    npy, csv_path = packed_paths(packed_dir, split)
+    if not npy.is_file() or not csv_path.is_file():
+        raise SystemExit(f"{npy}: packed tiles missing; run `dvc repro pack`")
+    try:
+        arr = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{npy}: unreadable packed tiles ({e}); rerun `dvc repro pack`") from None
+    rows = read_csv(csv_path)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3 or len(arr) != len(rows):
+        raise SystemExit(f"{npy}: {arr.dtype} {arr.shape} does not match {csv_path} ({len(rows)} rows) "
+                         "as uint8 (N, 3, S, S); rerun `dvc repro pack`")
+    if colour_only:
+        keep = [i for i, r in enumerate(rows) if r.get("grey", "0") != "1"]
+        if len(keep) < len(rows):
+            return torch.from_numpy(np.ascontiguousarray(arr[keep])), [rows[i] for i in keep]
+    with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would be unsafe
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr), rows
+
+
+def check_crop(tiles: torch.Tensor, crop: int, source: str, crop_params: str) -> torch.Tensor:
+    """Stop with one line when the tiles are smaller than the training crop."""
+    if len(tiles) and min(tiles.shape[-2:]) < crop:
+        raise SystemExit(f"{source}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
+                         f"lower {crop_params} or raise tile.size")
+    return tiles
+
+
+class Feeder:
+    """Random-crop batches of a uint8 image set, delivered on the training device.
+
+    - A tensor set on CUDA that fits (``on_device`` True, or ``auto`` and under 40 % of the free GPU
+      memory) is moved to the GPU whole: a batch is one gather there (mode ``device``).
+    - Else it stays in pinned host memory: each batch is gathered on the CPU and copied on a side
+      stream while the previous step runs, one batch ahead (mode ``stream``).
+    - On the CPU, and for lists of different-size photos, batches are gathered where the data is.
+    Either way the crops follow :func:`plan_crops` on the given generator, so a run sees the same
+    batches in every mode. :meth:`generator_state` is the generator's state as of the next batch to
+    deliver (what a resume checkpoint must store, as a prefetched plan is already drawn)."""
+
+    def __init__(self, images: torch.Tensor | list[torch.Tensor], device: torch.device,
+                 on_device: bool | str = "auto"):
+        self.device, self.pending = device, None
+        if isinstance(images, list) or device.type != "cuda":
+            self.mode = "device"
+            self.images = [im.to(device) for im in images] if isinstance(images, list) else images.to(device)
+            return
+        fits = on_device is True or (on_device == "auto" and
+                                     images.numel() < 0.4 * torch.cuda.mem_get_info(device)[0])
+        if fits:
+            self.mode, self.images = "device", images.to(device)
+        else:
+            self.mode, self.images = "stream", images.pin_memory()
+            self.stream = torch.cuda.Stream(device)
+
+    def _launch(self, batch: int, crop: int, gen: torch.Generator) -> tuple:
+        state = gen.get_state()
+        plan = plan_crops(self.images, batch, crop, gen)
+        host = gather_crops(self.images, plan, torch.empty(batch, 3, crop, crop, dtype=torch.uint8,
+                                                           pin_memory=True))
+        with torch.cuda.stream(self.stream):
+            dev = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return dev, event, host, state
+
+    def next(self, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+        """The next batch: uint8 (batch, 3, crop, crop) on the device."""
+        if self.mode == "device":
+            return gather_crops(self.images, plan_crops(self.images, batch, crop, gen))
+        if self.pending is None:
+            self.pending = self._launch(batch, crop, gen)
+        dev, event, _host, _state = self.pending
+        torch.cuda.current_stream(self.device).wait_event(event)
+        dev.record_stream(torch.cuda.current_stream(self.device))
+        self.pending = self._launch(batch, crop, gen)  # the next copy overlaps this step
+        return dev
+
+    def generator_state(self, gen: torch.Generator) -> torch.Tensor:
+        return self.pending[3] if self.pending is not None else gen.get_state()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import load_tiles_checked, read_split
+from pipeline.data import check_crop, packed_paths, read_packed
 from pipeline.fsio import sha256_file
 from pipeline.metrics import MIN_MSE, RGB, gaussian_kernel1d, l1_per_channel, l2_per_channel, psnr, ssim
 from pipeline.train import images_sha256
@@ -215,16 +215,16 @@ def phase_params(params: dict, name: str, phase: str) -> dict:
     return out
 
 
-def load_train_tiles(tiles_dir: Path, split_dir: Path, crop: int, scale: int) -> tuple[torch.Tensor, dict]:
-    """All train tiles (grey ones too: SR needs no colour) as uint8 (N, 3, S, S), and facts for the card."""
-    split_file = Path(split_dir) / "train.csv"
-    rows = read_split(split_dir, "train")
+def load_train_tiles(packed_dir: Path, crop: int, scale: int) -> tuple[torch.Tensor, dict]:
+    """All packed train tiles (grey ones too: SR needs no colour) as uint8 (N, 3, S, S), memory-mapped,
+    and facts for the card."""
+    tiles, rows = read_packed(packed_dir, "train")
+    _, csv_path = packed_paths(packed_dir, "train")
     if not rows:
-        raise SystemExit(f"{split_file}: no train tiles; add images or lower split.test_fraction")
+        raise SystemExit(f"{csv_path}: no train tiles; add images or lower split.test_fraction")
     if crop % scale:
         raise SystemExit(f"params.yaml: the HR crop {crop} px is not a multiple of superres.scale {scale}")
-    tiles = load_tiles_checked(tiles_dir, [r["tile_id"] for r in rows], crop,
-                               "sr_pretrain.crop / sr_finetune.crop (the HR crop)")
-    facts = {"split": str(split_file), "split_sha256": sha256_file(split_file), "tiles": len(rows),
+    check_crop(tiles, crop, str(csv_path), "sr_pretrain.crop / sr_finetune.crop (the HR crop)")
+    facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
              "pixels_sha256": images_sha256(tiles)}
     return tiles, facts

@@ -1,16 +1,21 @@
 """Training for colorization and super-resolution: pixel-loss pretraining and GAN fine-tuning,
-resumable after kill -9.
+on one device or many (torchrun + DDP), resumable after kill -9.
 
 One flat loop (:func:`fit`) in the style of nanoGPT's ``train.py``; one GAN step (:func:`gan_step`)
 with pix2pix's contract, conditional (pix2pix: D sees input and output) or not (SRGAN: D sees only
-the HR image). Batches are random crops of in-memory uint8 images (``pipeline.data``), turned into
-(input, target) pairs on the device by the run's ``make_pair`` (``pipeline.colorizer.make_pair`` for
-the colorizers, ``pipeline.superres.make_pair`` for SR). The generator's objective (pixel loss kind
-and weight, adversarial weight, an extra term such as a perceptual loss) is the run's
-:class:`Objective`; its defaults are pix2pix's.
+the HR image). Batches are random crops of uint8 images that a :class:`pipeline.data.Feeder` keeps
+on the training device (or streams there), turned into (input, target) pairs on the device by the
+run's ``make_pair`` (``pipeline.colorizer.make_pair`` for the colorizers, ``pipeline.superres.make_pair``
+for SR). The generator's objective (pixel loss kind and weight, adversarial weight, an extra term
+such as a perceptual loss) is the run's :class:`Objective`; its defaults are pix2pix's.
 
-Resume: every ``checkpoint_every`` steps the whole training state (models, optimizers, step, crop RNG,
-logged rows) goes atomically to ``<paths.resume>/colorize/<name>/<phase>.pt`` together with a hash of
+Speed knobs (params ``train.*``, every model): ``precision`` (auto: bf16 autocast on CUDA),
+``channels_last``, ``compile`` (torch.compile of G and D; auto: on CUDA), ``batch_size`` (> 0
+overrides every phase's), fused Adam on CUDA, losses kept on the device between log rows.
+``nproc`` > 1: DDP under torchrun (``pipeline.distributed``); rank 0 writes every file.
+
+Resume: every ``checkpoint_every`` steps the whole training state (models, optimizers, step, RNGs,
+logged rows) goes atomically to ``<paths.resume>/<task>/<name>/<phase>.pt`` together with a hash of
 everything the phase reads; a rerun with the same hash continues from it, bit-for-bit on CPU.
 """
 
@@ -33,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import colorizer
-from pipeline.data import random_crops
+from pipeline import colorizer, distributed
+from pipeline.data import Feeder
 from pipeline.fsio import atomic_path, write_csv_atomic, write_json_atomic
 from pipeline.models import save_generator
 from pipeline.params import resolve_device
@@ -65,19 +70,30 @@ class TrainConfig:
     eval_every: int = 0              # steps between validation L1 evaluations (0 = no validation)
     patience: int = 0                # evaluations without a better val L1 before stopping (0 = never)
     epochs: int = 0                  # > 0: steps = epochs * ceil(train images / batch_size) (with_epochs)
+    channels_last: str = "auto"      # auto (on CUDA) | on | off: NHWC models and batches
+    compile: str = "auto"            # auto (on CUDA) | on | off: torch.compile G and D
+    sync_batchnorm: str = "auto"     # auto (with > 1 CUDA process) | on | off
+    data_on_device: str = "auto"     # auto (whole set on the GPU when it fits) | on | off (stream it)
+    nproc: int = 1                   # processes (GPUs) per node; > 1 runs the stage under torchrun
 
     @classmethod
     def from_params(cls, params: dict, phase: str, entry: dict | None = None) -> TrainConfig:
         """From params; a zoo ``entry`` may override the phase section (``entry[phase]``: steps, crop,
         batch_size, ...) and ``train.gan_loss`` (``entry["gan_loss"]``)."""
         t, p = params["train"], {**params[phase], **((entry or {}).get(phase) or {})}
+        batch = int(t.get("batch_size") or 0) or int(p["batch_size"])  # train.batch_size > 0 wins
         cfg = cls(lr=float(params["lr"]), betas=(float(t["betas"][0]), float(t["betas"][1])),
                   l1_weight=float(t["l1_weight"]), gan_loss=str((entry or {}).get("gan_loss", t["gan_loss"])),
-                  precision=str(t["precision"]), steps=int(p["steps"]), batch_size=int(p["batch_size"]),
+                  precision=str(t["precision"]), steps=int(p["steps"]), batch_size=batch,
                   crop=int(p["crop"]), checkpoint_every=int(p["checkpoint_every"]),
                   log_every=int(p["log_every"]), seed=int(params["seed"]), device=str(params["device"]),
                   gp_weight=float(t.get("gp_weight", 10.0)), eval_every=int(p.get("eval_every", 0)),
-                  patience=int(p.get("patience", 0)), epochs=int(p.get("epochs", 0)))
+                  patience=int(p.get("patience", 0)), epochs=int(p.get("epochs", 0)),
+                  channels_last=_switch(t, "channels_last"), compile=_switch(t, "compile"),
+                  sync_batchnorm=_switch(t, "sync_batchnorm"), data_on_device=_switch(t, "data_on_device"),
+                  nproc=int(t.get("nproc", 1)))
+        if cfg.nproc < 1:
+            raise SystemExit(f"params.yaml: train.nproc must be >= 1, got {cfg.nproc}")
         for key in ("batch_size", "crop", "checkpoint_every", "log_every"):
             if getattr(cfg, key) < 1:
                 raise SystemExit(f"params.yaml: {phase}.{key} must be >= 1, got {getattr(cfg, key)}")
@@ -93,6 +109,20 @@ class TrainConfig:
         if self.epochs <= 0:
             return self
         return replace(self, steps=self.epochs * math.ceil(n_images / self.batch_size))
+
+
+def _switch(section: dict, key: str) -> str:
+    """A train.* switch as auto | on | off (YAML true/false read as on/off)."""
+    value = section.get(key, "auto")
+    value = {True: "on", False: "off"}.get(value, value)
+    if value not in ("auto", "on", "off"):
+        raise SystemExit(f"params.yaml: train.{key}={value!r}; use auto, true or false")
+    return value
+
+
+def resolved(switch: str, device: torch.device) -> bool:
+    """An auto | on | off switch on ``device``: auto means on for CUDA."""
+    return switch == "on" or (switch == "auto" and device.type == "cuda")
 
 
 def zoo_entry(params: dict, name: str) -> dict:
@@ -193,11 +223,16 @@ class Objective:
                 "loss_d_fake"]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (``model`` itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def l1_step(G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
             autocast: Callable[[], contextlib.AbstractContextManager], pixel_loss: str = "l1"
-            ) -> dict[str, float]:
+            ) -> dict[str, torch.Tensor]:
     """One pixel-regression step (pretraining): returns {"loss_g_<pixel_loss>": mean loss(G(x), y)}
-    (``pixel_loss`` "l1", the default, or "mse")."""
+    (``pixel_loss`` "l1", the default, or "mse") as a detached 0-dim tensor (no device sync)."""
     loss_fn = pixel_loss_fn(pixel_loss)
     opt.zero_grad(set_to_none=True)
     with autocast():
@@ -205,14 +240,15 @@ def l1_step(G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.
     loss = loss_fn(fake.float(), y.float())
     loss.backward()
     opt.step()
-    return {f"loss_g_{pixel_loss}": loss.item()}
+    return {f"loss_g_{pixel_loss}": loss.detach()}
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor, *, l1_weight: float, criterion: nn.Module,
              autocast: Callable[[], contextlib.AbstractContextManager], conditional: bool = True,
              adversarial_weight: float = 1.0, pixel_loss: str = "l1", extra: ExtraLoss | None = None,
-             generator: torch.Generator | None = None) -> dict[str, float]:
+             generator: torch.Generator | None = None, rows: tuple[int, slice] | None = None
+             ) -> dict[str, torch.Tensor]:
     """One GAN step. x: (N, Cx, h, w) input; y: (N, C, H, W) target.
 
     Conditional (pix2pix): D learns real cat(x, y) vs fake cat(x, G(x).detach()), so x and y share
@@ -220,7 +256,12 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     (real + fake) / 2; then, with D frozen, G minimises adversarial_weight * gan(D(fake), real) +
     l1_weight * pixel(G(x), y) [+ the ``extra`` term, weighted by its maker]. Returns floats:
     loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_<pixel_loss> (both un-weighted) and the
-    extra term's key (weighted) when given.
+    extra term's key (weighted) when given, as detached 0-dim tensors (no device sync).
+
+    Under DDP (``D`` a DistributedDataParallel), D's own step goes through the wrapper (its gradients
+    are averaged over ranks) and G's adversarial term through ``D.module`` (D is frozen there: no
+    gradient to reduce). ``rows`` = (global batch, this rank's slice) makes random draws for the
+    global batch and keep this rank's rows, so N ranks draw what one process would.
 
     WGAN-GP (``criterion`` a :class:`WassersteinGP`): D's loss is real + fake (not halved) +
     gp_weight * :func:`gradient_penalty`, its interpolation weights drawn from ``generator`` (a CPU
@@ -238,9 +279,10 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     loss_d_real = criterion(logits_real, torch.ones_like(logits_real))
     loss_d_fake = criterion(logits_fake, torch.zeros_like(logits_fake))
     if isinstance(criterion, WassersteinGP):
-        eps = torch.rand(len(x), 1, 1, 1, generator=generator).to(x.device)
+        n, mine = rows or (len(x), slice(None))
+        eps = torch.rand(n, 1, 1, 1, generator=generator)[mine].to(x.device)
         with autocast():
-            gp = gradient_penalty(D, d_in(y), d_in(fake.detach()), eps)
+            gp = gradient_penalty(unwrap(D), d_in(y), d_in(fake.detach()), eps)
         loss_d = loss_d_real + loss_d_fake + criterion.gp_weight * gp.float()
     else:
         loss_d = (loss_d_real + loss_d_fake) / 2
@@ -250,7 +292,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     D.requires_grad_(False)  # G's loss flows through D; D's weights must neither change nor gather grads
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        logits = D(d_in(fake)).float()
+        logits = unwrap(D)(d_in(fake)).float()
     loss_g_gan = criterion(logits, torch.ones_like(logits))
     loss_g_pix = loss_fn(fake.float(), y.float())
     total = adversarial_weight * loss_g_gan + l1_weight * loss_g_pix
@@ -264,8 +306,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     total.backward()
     opt_g.step()
     D.requires_grad_(True)
-    vals = torch.stack(terms).detach().tolist()  # 1 sync
-    return dict(zip(keys, vals, strict=True))
+    return dict(zip(keys, torch.stack(terms).detach().unbind(), strict=True))
 
 
 def images_sha256(images: torch.Tensor | Sequence[torch.Tensor]) -> str:
@@ -369,104 +410,158 @@ def _validate(best: dict, step: int, v: float, G: nn.Module, patience: int) -> b
     return best["stopped_early"]
 
 
-def _restore(state: dict, G, D, opt_g, opt_d, gen: torch.Generator) -> None:
-    G.load_state_dict(state["G"])
+def _restore(state: dict, G, D, opt_g, opt_d, gen: torch.Generator, aux: torch.Generator) -> None:
+    unwrap(G).load_state_dict(state["G"])
     opt_g.load_state_dict(state["opt_g"])
     if D is not None:
-        D.load_state_dict(state["D"])
+        unwrap(D).load_state_dict(state["D"])
         opt_d.load_state_dict(state["opt_d"])
     gen.set_state(state["gen"])
+    aux.set_state(state["aux"])
 
 
-def _to_device(run: Run, device: torch.device):
-    """Models (NHWC on CUDA, the fast conv layout for bf16 tensor cores) and images on the device."""
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    G = run.G.to(device, memory_format=fmt).train()
-    D = run.D.to(device, memory_format=fmt).train() if run.D is not None else None
-    images = ([im.to(device) for im in run.images] if isinstance(run.images, list)
-              else run.images.to(device))
-    return G, D, images, fmt
+def prepare(model: nn.Module | None, cfg: TrainConfig, device: torch.device, job: distributed.Dist
+            ) -> nn.Module | None:
+    """A model ready to train on ``device``: NHWC when ``channels_last`` (auto: on CUDA, the fast conv
+    layout for bf16 tensor cores), compiled in place when ``compile`` (auto: on CUDA), and in DDP
+    (with SyncBatchNorm per ``sync_batchnorm``) when the job has several processes."""
+    if model is None:
+        return None
+    fmt = torch.channels_last if resolved(cfg.channels_last, device) else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    if resolved(cfg.compile, device):
+        model.compile()
+    return distributed.wrap(model, job, device, cfg.sync_batchnorm)
+
+
+class _Log:
+    """Losses summed on the device (float64, no sync per step); :meth:`row` averages them over the
+    steps since the last row and over the ranks, with one sync."""
+
+    def __init__(self, keys: list[str], device: torch.device, saved: dict | None = None):
+        self.keys, self.device = keys, device
+        self.sum = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        self.n = 0
+        if saved:  # a resume state: {"sum": [...], "n": k}
+            self.sum += torch.tensor(saved["sum"], dtype=torch.float64, device=device)
+            self.n = int(saved["n"])
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        self.sum += torch.stack([losses[k].detach().double() for k in self.keys])
+        self.n += 1
+
+    def row(self, step: int, job: distributed.Dist) -> dict:
+        mean = distributed.mean_across(self.sum / self.n, job).tolist()
+        self.sum.zero_()
+        self.n = 0
+        return {"step": step, **{k: float(f"{v:.6g}") for k, v in zip(self.keys, mean, strict=True)}}
+
+    def state(self) -> dict:
+        return {"sum": self.sum.tolist(), "n": self.n}
+
+
+def _writer(run: Run, job: distributed.Dist) -> Callable[[list | None, list | None], None]:
+    """Writes the loss and val CSVs (rank 0 only); None leaves that file alone."""
+    def write(rows: list | None, val_rows: list | None) -> None:
+        if not job.main:
+            return
+        if rows is not None:
+            write_csv_atomic(run.csv_path, rows, run.objective.fields(gan=run.D is not None))
+        if val_rows is not None and run.val_csv_path is not None:
+            write_csv_atomic(run.val_csv_path, val_rows, VAL_FIELDS)
+    return write
 
 
 def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     """Train ``run.G`` (and ``run.D``) for ``cfg.steps`` steps, continuing from ``run.resume_path`` when
-    its hash matches. Returns {"rows", "elapsed_s", "started", "device", "meta"}; models stay on device."""
-    device = resolve_device(cfg.device)
-    G, D, images, fmt = _to_device(run, device)
+    its hash matches. Returns {"rows", "elapsed_s", "started", "device", "meta", ...}; models stay on
+    the device. Under torchrun every rank calls it; only rank 0 writes files (``result["main"]``)."""
+    job, device = distributed.setup(resolve_device(cfg.device))
+    if cfg.batch_size % job.world:
+        raise SystemExit(f"params.yaml: batch size {cfg.batch_size} does not split evenly over "
+                         f"{job.world} processes (train.nproc); make it a multiple")
+    fmt = torch.channels_last if resolved(cfg.channels_last, device) else torch.contiguous_format
+    G, D = prepare(run.G, cfg, device, job), prepare(run.D, cfg, device, job)
     opt_g = make_adam(G, cfg, device)
     opt_d = make_adam(D, cfg, device) if D is not None else None
     criterion, autocast = gan_losses(cfg.gan_loss, cfg.gp_weight), autocast_for(device, cfg.precision)
-    gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: the same crops on any device
-    start, rows, acc, elapsed, started, meta = 0, [], {}, 0.0, utc_now(), run.meta
+    gen = torch.Generator().manual_seed(cfg.seed)      # crops: a CPU generator, the same batches anywhere
+    aux = torch.Generator().manual_seed(cfg.seed + 1)  # other draws (SR noise, WGAN-GP's interpolation)
+    start, rows, saved_log, elapsed, started, meta = 0, [], None, 0.0, utc_now(), run.meta
     best = {"val_l1": None, "step": None, "state": None, "bad": 0, "rows": [], "stopped_early": False}
     state = load_resume(run.resume_path, run.run_hash)
     if state is not None:
-        _restore(state, G, D, opt_g, opt_d, gen)
-        start, rows, acc, elapsed, started, meta = (state[k] for k in
-                                                    ("step", "rows", "acc", "elapsed_s", "started", "meta"))
+        _restore(state, G, D, opt_g, opt_d, gen, aux)
+        start, rows, saved_log, elapsed, started, meta = (
+            state[k] for k in ("step", "rows", "log", "elapsed_s", "started", "meta"))
         best = state.get("best", best)
-        print(f"resuming {run.name} {run.phase} from step {start}")
+        if job.main:
+            print(f"resuming {run.name} {run.phase} from step {start}")
+    feeder = Feeder(run.images, device, {"on": True, "off": False}.get(cfg.data_on_device, "auto"))
     validate = run.val_images is not None and len(run.val_images) > 0 and cfg.eval_every > 0
     val_images = run.val_images.to(device) if validate else None
     obj = run.objective
-    fields = obj.fields(gan=D is not None)
+    log = _Log(obj.fields(gan=D is not None)[1:], device, saved_log)
     pair = run.make_pair or (lambda rgb, _gen: colorizer.make_pair(rgb, run.color_space))
     pixel_weight = cfg.l1_weight if obj.pixel_weight is None else obj.pixel_weight
-    write_csv_atomic(run.csv_path, rows, fields)  # at once replaces a stale log of an earlier run
-    if run.val_csv_path is not None:
-        write_csv_atomic(run.val_csv_path, best["rows"], VAL_FIELDS)
+    mine = job.shard(cfg.batch_size)
+    write = _writer(run, job)
+    write(rows, best["rows"])  # at once replaces a stale log of an earlier run
     step = start
     t0 = time.perf_counter() - elapsed
-    pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}")
+    pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}", disable=not job.main)
     for step in range(start + 1, cfg.steps + 1):
-        rgb = random_crops(images, cfg.batch_size, cfg.crop, gen)
-        x, y = (t.contiguous(memory_format=fmt) for t in pair(rgb, gen))
+        rgb = feeder.next(cfg.batch_size, cfg.crop, gen).float().div_(255.0)
+        x, y = (t[mine].contiguous(memory_format=fmt) for t in pair(rgb, aux))  # this rank's rows
         if D is None:
             losses = l1_step(G, opt_g, x, y, autocast, obj.pixel_loss)
         else:
             losses = gan_step(G, D, opt_g, opt_d, x, y, l1_weight=pixel_weight, criterion=criterion,
                               autocast=autocast, conditional=obj.conditional,
                               adversarial_weight=obj.adversarial_weight, pixel_loss=obj.pixel_loss,
-                              extra=obj.extra, generator=gen)
-        acc = {k: acc.get(k, 0.0) + v for k, v in losses.items()} | {"n": acc.get("n", 0) + 1}
+                              extra=obj.extra, generator=aux, rows=(cfg.batch_size, mine))
+        log.add(losses)
         stop = False
         if validate and (step % cfg.eval_every == 0 or step == cfg.steps):
-            stop = _validate(best, step, val_l1(G, val_images, cfg.crop, cfg.batch_size, pair, autocast),
-                             G, cfg.patience)
-            if run.val_csv_path is not None:
-                write_csv_atomic(run.val_csv_path, best["rows"], VAL_FIELDS)
+            v = val_l1(unwrap(G), val_images, cfg.crop, cfg.batch_size, pair, autocast)
+            stop = _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
+            write(None, best["rows"])
         if stop or step % cfg.log_every == 0 or step == cfg.steps:  # a row: the mean since the last row
-            rows.append({"step": step, **{k: float(f"{acc[k] / acc['n']:.6g}") for k in fields[1:]}})
-            acc = {}
-            write_csv_atomic(run.csv_path, rows, fields)
+            rows.append(log.row(step, job))
+            write(rows, None)
             pbar.set_postfix({k: v for k, v in rows[-1].items() if k != "step"})
         if stop:
-            print(f"{run.name} {run.phase}: early stop at step {step}, val L1 not better than "
-                  f"{best['val_l1']:.6g} (step {best['step']}) for {cfg.patience} evaluations")
+            if job.main:
+                print(f"{run.name} {run.phase}: early stop at step {step}, val L1 not better than "
+                      f"{best['val_l1']:.6g} (step {best['step']}) for {cfg.patience} evaluations")
             break
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps and job.main:
             save_resume(run.resume_path, {
-                "hash": run.run_hash, "step": step, "G": G.state_dict(), "opt_g": opt_g.state_dict(),
-                "D": D.state_dict() if D is not None else {},
-                "opt_d": opt_d.state_dict() if D is not None else {}, "gen": gen.get_state(),
-                "rows": rows, "acc": acc, "elapsed_s": time.perf_counter() - t0, "started": started,
-                "meta": meta, "best": best})
+                "hash": run.run_hash, "step": step, "G": unwrap(G).state_dict(), "opt_g": opt_g.state_dict(),
+                "D": unwrap(D).state_dict() if D is not None else {},
+                "opt_d": opt_d.state_dict() if D is not None else {},
+                "gen": feeder.generator_state(gen), "aux": aux.get_state(), "rows": rows, "log": log.state(),
+                "elapsed_s": time.perf_counter() - t0, "started": started, "meta": meta, "best": best})
         pbar.update(1)
     pbar.close()
     validation = None
     if validate:
-        G.load_state_dict(best["state"])  # the checkpoint holds the best val L1, not the last step
+        unwrap(G).load_state_dict(best["state"])  # the checkpoint holds the best val L1, not the last step
         validation = {"best_step": best["step"], "best_val_l1": float(f"{best['val_l1']:.6g}"),
                       "stopped_early": best["stopped_early"], "evaluations": len(best["rows"]),
                       "eval_every": cfg.eval_every, "patience": cfg.patience}
+    distributed.teardown()
     return {"rows": rows, "elapsed_s": round(time.perf_counter() - t0, 3), "started": started,
-            "device": device_name(device), "meta": meta, "steps_run": step, "validation": validation}
+            "device": device_name(device), "meta": meta, "steps_run": step, "validation": validation,
+            "main": job.main, "processes": job.world, "feeding": feeder.mode,
+            "compiled": resolved(cfg.compile, device), "channels_last": fmt == torch.channels_last}
 
 
 def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: str, arch_kwargs: dict,
            card: dict) -> dict:
     """Write the generator checkpoint and its card (``<out>.card.json``, also inside the checkpoint),
-    then drop the resume file. ``card`` holds the phase-specific facts; the common ones are added."""
+    then drop the resume file. ``card`` holds the phase-specific facts; the common ones are added.
+    On ranks other than 0 of a torchrun job, only returns the card (rank 0 writes)."""
     steps_run = result.get("steps_run", cfg.steps)
     validation = result.get("validation")
     card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs,
@@ -475,9 +570,13 @@ def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: st
             "batch_size": cfg.batch_size, "crop": cfg.crop, "precision": cfg.precision,
             "wall_time_s": result["elapsed_s"],
             "seconds_per_step": round(result["elapsed_s"] / steps_run, 4) if steps_run else None,
-            "device": result["device"], "torch": str(torch.__version__), "started": result["started"],
-            "finished": utc_now(),
+            "device": result["device"], "processes": result.get("processes", 1),
+            "feeding": result.get("feeding"), "compiled": result.get("compiled", False),
+            "channels_last": result.get("channels_last", False),
+            "torch": str(torch.__version__), "started": result["started"], "finished": utc_now(),
             "final_losses": {k: v for k, v in (result["rows"] or [{}])[-1].items() if k != "step"}}
+    if not result.get("main", True):
+        return card
     save_generator(out_path, run.G, arch=arch, arch_kwargs=arch_kwargs, color_space=run.color_space,
                    step=validation["best_step"] if validation else steps_run, card=card)
     write_json_atomic(out_path.with_suffix(".card.json"), card)

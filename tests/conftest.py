@@ -52,3 +52,24 @@ def real_images() -> list[Path]:
     if len(files) < 8:
         pytest.fail(f"{VENDORED}: vendored images missing; run python -m pipeline.sources.vendor_subset")
     return files
+
+
+def pack_project(root, side: int | None = None) -> None:
+    """Run the ``pack`` stage's work on a fake project (its params.yaml paths; an absent val/test
+    split is an empty one): training stages read the packed arrays, not the PNG tiles."""
+    import csv as _csv
+
+    from PIL import Image
+
+    from pipeline.stages import pack
+
+    paths = yaml.safe_load((root / "params.yaml").read_text())["paths"]
+    tiles, split = root / paths["tiles"], root / paths["split"]
+    for name in pack.SPLITS:
+        if not (split / f"{name}.csv").is_file():
+            with open(split / f"{name}.csv", "w", newline="") as f:
+                _csv.writer(f).writerow(["tile_id", "image_id", "grey"])
+    if side is None:
+        with Image.open(next(tiles.glob("*.png"))) as im:
+            side = im.size[0]
+    pack.pack_all(tiles, split, root / paths.get("packed", "data/packed"), side)

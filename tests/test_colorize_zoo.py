@@ -20,6 +20,7 @@ from pipeline.models.resnet_patch import ResNet50Patch
 from pipeline.models.unet import UNet
 from pipeline.models.vgg_discriminator import VGGResidualDiscriminator
 from pipeline.stages import finetune, pretrain
+from tests.conftest import pack_project
 from tests.test_train import PARAMS, _crash_after, _fixed_batch, _read_csv, write_project
 
 RESNET50_FILE = "resnet50-11ad3fa6.pth"  # the name torchvision's ResNet50 IMAGENET1K_V2 caches under
@@ -157,6 +158,7 @@ def test_wgan_gp_losses_are_critic_differences_plus_penalty():
     opt_g, opt_d = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D))  # lr 0: D is the same after
     out = train_mod.gan_step(G, D, opt_g, opt_d, x, y, l1_weight=100, criterion=crit, autocast=CPU_FP32,
                              generator=torch.Generator().manual_seed(3))
+    out = {k: v.item() for k, v in out.items()}
     eps = torch.rand(2, 1, 1, 1, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         fake = G(x)
@@ -207,6 +209,7 @@ def val_project(root, params):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([rows[0], rows[2]])
+    pack_project(root)
     return root
 
 

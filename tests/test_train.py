@@ -20,12 +20,14 @@ from pipeline.models import load_generator
 from pipeline.models.patchgan import PatchGAN
 from pipeline.models.resnet_unet import ResNet18UNet
 from pipeline.stages import finetune, pretrain
+from tests.conftest import pack_project
 
 NAME = "tiny"
 PARAMS = {
     "seed": 0, "device": "cpu", "lr": 0.0002,
-    "paths": {"natural": "data/natural", "tiles": "data/tiles", "split": "data/split", "resume": ".resume",
-              "colorize_models": "models/colorize", "metrics": "metrics"},
+    "paths": {"natural": "data/natural", "tiles": "data/tiles", "split": "data/split",
+              "packed": "data/packed", "resume": ".resume", "colorize_models": "models/colorize",
+              "metrics": "metrics"},
     "model": {"encoder_weights": "none"},
     "colorize": {"pretrain": [NAME], "finetune": [NAME], "zoo": {
         NAME: {"generator": "resnet18_unet", "color_space": "lab", "discriminator": "patchgan"},
@@ -71,6 +73,7 @@ def write_project(root, params=PARAMS, grey=("0", "1", "0", "0")):
         w.writeheader()
         w.writerows(rows)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pack_project(root)
     return root
 
 
@@ -120,7 +123,7 @@ def test_l1_steps_lower_the_loss():
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "lsgan"])
-def test_gan_step_returns_finite_floats(kind):
+def test_gan_step_returns_finite_detached_scalars(kind):
     torch.manual_seed(0)
     G, D = ResNet18UNet(), PatchGAN(in_channels=3, ndf=8)
     x, y = _fixed_batch()
@@ -130,7 +133,8 @@ def test_gan_step_returns_finite_floats(kind):
                                  criterion=train_mod.gan_losses(kind),
                                  autocast=train_mod.autocast_for(torch.device("cpu"), "fp32"))
     assert set(out) == {"loss_d", "loss_d_real", "loss_d_fake", "loss_g_gan", "loss_g_l1"}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    assert all(v.ndim == 0 and not v.requires_grad and math.isfinite(v) for v in out.values())
+    out = {k: v.item() for k, v in out.items()}
     assert out["loss_d"] == pytest.approx((out["loss_d_real"] + out["loss_d_fake"]) / 2, rel=1e-5)
 
 

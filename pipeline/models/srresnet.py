@@ -76,11 +76,13 @@ class SRGANDiscriminator(nn.Module):
 
     Args (keyword-only, JSON-able): in_channels=3, num_feat=64 (paper), pool=6: the feature map is
     adaptively average-pooled to pool x pool before the dense layers, an identity at the paper's
-    96 px crops (96 / 16 = 6) that lets any crop >= 16 px through. fc=1024 (paper).
+    96 px crops (96 / 16 = 6) that lets any crop >= 16 px through. fc=1024 (paper). batch_norm=True
+    (paper); False drops the BatchNorms (conv biases instead), e.g. for WGAN-GP's per-sample penalty.
     Input RGB in [0, 1] (shifted to [-1, 1] inside), (N, in_channels, H, W); output (N, 1) logits.
     """
 
-    def __init__(self, *, in_channels: int = 3, num_feat: int = 64, pool: int = 6, fc: int = 1024):
+    def __init__(self, *, in_channels: int = 3, num_feat: int = 64, pool: int = 6, fc: int = 1024,
+                 batch_norm: bool = True):
         super().__init__()
         self.in_channels = in_channels
         nf = num_feat
@@ -88,8 +90,8 @@ class SRGANDiscriminator(nn.Module):
         cin = nf
         for cout, stride in ((nf, 2), (2 * nf, 1), (2 * nf, 2), (4 * nf, 1), (4 * nf, 2), (8 * nf, 1),
                              (8 * nf, 2)):
-            layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm),
+                       *([nn.BatchNorm2d(cout)] if batch_norm else []), nn.LeakyReLU(0.2, inplace=True)]
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin * pool * pool, fc),

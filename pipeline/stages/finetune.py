@@ -2,15 +2,16 @@
 
     python -m pipeline.stages.finetune <name>      # <name> in params.yaml colorize.zoo
 
-Starts from ``<paths.colorize_models>/<name>/pretrained.pt``, trains on the colour tiles of
-``<paths.split>/train.csv`` (rows with grey == "1" carry no colour and are skipped), and writes
-``finetuned.pt`` + ``finetuned.card.json`` beside it and the loss curves
-``<paths.metrics>/plots/finetune/<name>.csv``. Killed runs resume on rerun.
+Starts from ``<paths.colorize_models>/<name>/pretrained.pt``, trains on the colour tiles of the
+packed train split (``<paths.packed>/train.npy``; grey == "1" rows carry no colour and are skipped),
+and writes ``finetuned.pt`` + ``finetuned.card.json`` beside it and the loss curves
+``<paths.metrics>/plots/finetune/<name>.csv``. Killed runs resume on rerun; ``train.nproc`` > 1
+runs it under torchrun (DDP).
 
 The zoo entry picks the discriminator (``discriminator``: patchgan | vgg_residual | resnet50_patch,
 with ``discriminator_kwargs``), may override ``train.gan_loss`` (``gan_loss``) and the ``finetune``
 section (its own ``finetune`` keys). With ``finetune.eval_every`` > 0, the val L1 on the colour tiles
-of ``<paths.split>/val.csv`` (centre crops) is logged to ``<paths.metrics>/plots/val/<name>.csv``,
+of the packed val split (centre crops) is logged to ``<paths.metrics>/plots/val/<name>.csv``,
 ``finetuned.pt`` holds the best of them, and ``patience`` evaluations without improvement stop early.
 """
 
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data import load_tiles_checked, read_split
-from pipeline.fsio import sha256_file
+from pipeline import distributed
+from pipeline.data import check_crop, packed_paths, read_packed
+from pipeline.fsio import read_csv, sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
 from pipeline.params import load_params, params_hash, seed_everything
 from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
@@ -30,21 +32,20 @@ from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_p
 PHASE = "finetune"
 
 
-def load_colour_tiles(tiles_dir: Path, split_dir: Path, crop: int, split: str = "train"
-                      ) -> tuple[torch.Tensor, dict]:
-    """A split's colour tiles as uint8 (N, 3, S, S), and facts about them for the card. An empty
-    train split is an error; an empty val split gives an empty tensor."""
-    rows = read_split(split_dir, split)
-    split_file = split_dir / f"{split}.csv"
-    colour = [r["tile_id"] for r in rows if r.get("grey", "0") != "1"]
-    if not colour and split != "train":
-        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(split_file), "tiles": 0}
-    if not colour:
-        raise SystemExit(f"{split_file}: none of its {len(rows)} train tiles has colour (all grey == 1); "
-                         "add colour images (scrape.sources) and rerun `dvc repro split`")
-    tiles = load_tiles_checked(tiles_dir, colour, crop, "finetune.crop")
-    facts = {"split": str(split_file), "split_sha256": sha256_file(split_file), "tiles": len(colour),
-             "grey_skipped": len(rows) - len(colour), "pixels_sha256": images_sha256(tiles)}
+def load_colour_tiles(packed_dir: Path, crop: int, split: str = "train") -> tuple[torch.Tensor, dict]:
+    """A split's colour tiles from the packed arrays as uint8 (N, 3, S, S), and facts about them for
+    the card. An empty train split is an error; an empty val split gives an empty tensor."""
+    tiles, rows = read_packed(packed_dir, split, colour_only=True)
+    _, csv_path = packed_paths(packed_dir, split)
+    all_rows = len(read_csv(csv_path))
+    if not rows and split != "train":
+        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(csv_path), "tiles": 0}
+    if not rows:
+        raise SystemExit(f"{csv_path}: none of its {all_rows} train tiles has colour (all grey == 1); "
+                         "add colour images (scrape.sources) and rerun `dvc repro split pack`")
+    check_crop(tiles, crop, str(csv_path), "finetune.crop")
+    facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
+             "grey_skipped": all_rows - len(rows), "pixels_sha256": images_sha256(tiles)}
     return tiles, facts
 
 
@@ -55,13 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     paths, entry = params["paths"], zoo_entry(params, name)
     cfg = TrainConfig.from_params(params, PHASE, entry)
-    tiles, data = load_colour_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop)
+    distributed.relaunch(cfg.nproc, __spec__.name, [name])
+    tiles, data = load_colour_tiles(Path(paths["packed"]), cfg.crop)
     cfg = cfg.with_epochs(len(tiles))
-    val, val_data = (load_colour_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop, "val")
+    val, val_data = (load_colour_tiles(Path(paths["packed"]), cfg.crop, "val")
                      if cfg.eval_every > 0 else (None, None))
     if val_data is not None:
         data["val"] = val_data
-        if not len(val):
+        if not len(val) and distributed.from_env().main:
             print(f"{val_data['split']}: no colour val tiles; no validation, finetuned.pt is the last step")
 
     pretrained = Path(paths["colorize_models"]) / name / "pretrained.pt"
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
                         **({"gp_weight": cfg.gp_weight} if cfg.gan_loss == "wgan-gp" else {}),
                         "encoder_weights": meta.get("card", {}).get("encoder_weights"),
                         "params": read, "data": data})
-    print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+    if result["main"]:
+        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+              f"final {card['final_losses']}")
 
 
 if __name__ == "__main__":

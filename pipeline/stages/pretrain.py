@@ -4,7 +4,8 @@
 
 Reads ``<paths.natural>/manifest.jsonl`` (records with ``file``, a name inside paths.natural) and
 writes ``<paths.colorize_models>/<name>/pretrained.pt`` + ``pretrained.card.json`` and the loss curve
-``<paths.metrics>/plots/pretrain/<name>.csv`` (step, loss_g_l1). Killed runs resume on rerun.
+``<paths.metrics>/plots/pretrain/<name>.csv`` (step, loss_g_l1).
+Killed runs resume on rerun; ``train.nproc`` > 1 runs it under torchrun.
 The zoo entry names the generator, its ``generator_kwargs`` (widths, depth) and may override the
 ``pretrain`` section with its own ``pretrain`` keys (e.g. fewer steps for a CPU-sized run).
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.data import load_rgb
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     paths, entry = params["paths"], zoo_entry(params, name)
     cfg = TrainConfig.from_params(params, PHASE, entry)  # the entry's "pretrain" keys override
+    distributed.relaunch(cfg.nproc, __spec__.name, [name])
     photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
 
     seed_everything(cfg.seed)
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(paths["colorize_models"]) / name / "pretrained.pt"
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
                   card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data})
-    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+    if result["main"]:
+        print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
 
 
 if __name__ == "__main__":

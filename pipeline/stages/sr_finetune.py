@@ -7,7 +7,8 @@ discriminator (the zoo entry's, SRGAN's by default: it sees only HR images, real
 G minimises pixel loss + ``superres.adversarial_weight`` * adversarial loss +
 ``superres.perceptual_weight`` * VGG19 feature MSE (dropped, with a one-line notice, when the
 ImageNet VGG19 weights cannot be had). Writes ``finetuned.pt`` + ``finetuned.card.json`` beside it
-and ``<paths.metrics>/plots/sr_finetune/<name>.csv``. Killed runs resume on rerun.
+and ``<paths.metrics>/plots/sr_finetune/<name>.csv``. Killed runs resume on rerun; ``train.nproc``
+> 1 runs it under torchrun.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import superres
+from pipeline import distributed, superres
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     paths, entry = params["paths"], superres.zoo_entry(params, name)
     cfg = TrainConfig.from_params(params, PHASE)
     deg = superres.Degradation.from_params(params)
-    tiles, data = superres.load_train_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop, deg.scale)
+    distributed.relaunch(cfg.nproc, __spec__.name, [name])
+    tiles, data = superres.load_train_tiles(Path(paths["packed"]), cfg.crop, deg.scale)
 
     pretrained = Path(paths["superres_models"]) / name / "pretrained.pt"
     G, meta = load_generator(pretrained)
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                         "pixel_loss": obj.pixel_loss, "pixel_weight": obj.pixel_weight,
                         "adversarial_weight": obj.adversarial_weight, "perceptual_loss": perceptual,
                         "params": read, "data": data})
-    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+    if result["main"]:
+        print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     python -m pipeline.stages.sr_pretrain <name>      # <name> in params.yaml superres.zoo
 
-Trains on random HR crops of every train tile (``<paths.split>/train.csv``), LR made on the fly by
-``pipeline.superres.degrade``, with ``superres.pixel_loss`` (l1 or mse) only. Writes
+Trains on random HR crops of every train tile (the packed train split, ``<paths.packed>/train.npy``),
+LR made on the fly by ``pipeline.superres.degrade``, with ``superres.pixel_loss`` (l1 or mse) only. Writes
 ``<paths.superres_models>/<name>/pretrained.pt`` + ``pretrained.card.json`` and the loss curve
-``<paths.metrics>/plots/sr_pretrain/<name>.csv``. Killed runs resume on rerun.
+``<paths.metrics>/plots/sr_pretrain/<name>.csv``. Killed runs resume on rerun; ``train.nproc`` > 1
+runs it under torchrun.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import superres
+from pipeline import distributed, superres
 from pipeline.models import generator_class
 from pipeline.params import load_params, params_hash, seed_everything
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     deg = superres.Degradation.from_params(params)
     pixel = str(params["superres"]["pixel_loss"])
     pixel_loss_fn(pixel)  # an unknown kind fails here, before any data is loaded
-    tiles, data = superres.load_train_tiles(Path(paths["tiles"]), Path(paths["split"]), cfg.crop, deg.scale)
+    distributed.relaunch(cfg.nproc, __spec__.name, [name])
+    tiles, data = superres.load_train_tiles(Path(paths["packed"]), cfg.crop, deg.scale)
 
     seed_everything(cfg.seed)
     arch, arch_kwargs = entry["generator"], superres.generator_kwargs(params, name)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
                   card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
                         "pixel_loss": pixel, "params": read, "data": data})
-    print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+    if result["main"]:
+        print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
 
 
 if __name__ == "__main__":
