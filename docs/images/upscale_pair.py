@@ -1,6 +1,7 @@
-"""Make docs/images/upscale_before_after.png: a test-split image (heic0414a, not trained on),
-a 256 px centre crop degraded to 64 px, upscaled by `astrogan upscale` with the default model.
-Run from the project root after `make repro`: `.venv/bin/python docs/images/upscale_pair.py`."""
+"""Make docs/images/upscale_before_after.png: a test-split image (heic0414a, never trained on),
+a 256 px centre crop degraded to 64 px, upscaled by `astrogan upscale` with the release weights
+(the default) and with the default run's best model (`--model best`, when `make repro` has run).
+Run from the project root: `.venv/bin/python docs/images/upscale_pair.py`."""
 
 import subprocess
 import tempfile
@@ -20,16 +21,21 @@ def main() -> None:
     w, h = src.size
     truth = src.crop((w // 2 - 128, h // 2 - 128, w // 2 + 128, h // 2 + 128))
     lr = truth.resize((64, 64), Image.Resampling.BICUBIC)  # PIL antialiases when it shrinks
+    bic = lr.resize((256, 256), Image.Resampling.BICUBIC)
+    panels = [("input 64 px (nearest)", lr.resize((256, 256), Image.Resampling.NEAREST)),
+              (f"bicubic {psnr(bic, truth):.2f} dB", bic)]
     with tempfile.TemporaryDirectory() as tmp:
         lr.save(Path(tmp) / "lr.png")
-        subprocess.run(["astrogan", "upscale", str(Path(tmp) / "lr.png"), "-o", str(Path(tmp) / "sr.png"),
-                        "--quiet"], check=True)
-        sr = Image.open(Path(tmp) / "sr.png").convert("RGB")
-    bic = lr.resize((256, 256), Image.Resampling.BICUBIC)
-    print(f"PSNR vs truth: bicubic {psnr(bic, truth):.2f} dB, astrogan {psnr(sr, truth):.2f} dB")
-    panels = [("input 64 px (nearest)", lr.resize((256, 256), Image.Resampling.NEAREST)),
-              ("bicubic", bic), ("astrogan upscale", sr), ("truth", truth)]
-    out = Image.new("RGB", (4 * 258 + 2, 256 + 24), "white")
+        for title, extra in (("default run's best", ["--model", "best"]), ("release weights", [])):
+            out = Path(tmp) / f"sr{len(panels)}.png"
+            cmd = ["astrogan", "upscale", str(Path(tmp) / "lr.png"), "-o", str(out), "--quiet", *extra]
+            done = subprocess.run(cmd)
+            if done.returncode == 0:
+                sr = Image.open(out).convert("RGB")
+                panels.append((f"{title} {psnr(sr, truth):.2f} dB", sr))
+    panels.append(("truth", truth))
+    print("; ".join(title for title, _ in panels))
+    out = Image.new("RGB", (len(panels) * 258 + 2, 256 + 24), "white")
     draw = ImageDraw.Draw(out)
     for i, (title, im) in enumerate(panels):
         out.paste(im, (2 + i * 258, 22))

@@ -1,0 +1,139 @@
+"""Release weights: re-evaluation on our test tiles and the export command.
+
+    python -m pipeline.release export superres models/superres/edsr/pretrained.pt edsr_x4_esahubble \\
+        --run-metrics metrics/superres.json --run-model edsr --command "..." --default
+    python -m pipeline.release evaluate edsr_x4_esahubble      # re-evaluate a release, print JSON
+
+"Our test tiles" (``default_test``) are the default run's test tiles, rebuilt from the repository
+alone: the vendored ESA/Hubble images that ``split`` sends to test (by the hash of their id), cut
+into 256 px tiles with the ``tile`` stage's content filter, exactly what ``make repro`` evaluates
+on (41 tiles of 7 images). A release trained on the esahubble-381 folder never sees them: the
+folder's images carry the same ids, so the same hash keeps them in its test split too.
+SR metrics: PSNR/SSIM on Y and RGB, 4 px border, of the release and of bicubic, for the LR made by
+the training degradation (antialiased bicubic 1/4). Colorization: a*b L1/L2, RGB PSNR and
+colourfulness of the release and of the grey baseline (a*b = 0), and the truth's colourfulness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import colorizer, superres, weights
+from pipeline.data import load_rgb
+from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
+from pipeline.sources.embedded import VENDORED
+from pipeline.stages.split import choose_test_images
+from pipeline.stages.tile import content_score
+
+TILE, MIN_CONTENT, TEST_FRACTION = 256, 0.05, 0.1   # the default params of tile and split
+EXTRA_IDS = ("skimage-hubble_deep_field",)          # the embedded source's other image
+
+
+def default_test_tiles() -> tuple[torch.Tensor, list[str]]:
+    """The default run's test tiles as uint8 (N, 3, 256, 256) and their tile ids, from the repo."""
+    records = [json.loads(line) for line in (VENDORED / "manifest.jsonl").read_text().splitlines() if line]
+    test = choose_test_images({r["id"] for r in records} | set(EXTRA_IDS), TEST_FRACTION)
+    tiles, ids = [], []
+    for rec in sorted(records, key=lambda r: r["id"]):
+        if rec["id"] not in test:
+            continue
+        rgb = load_rgb(VENDORED / rec["file"])
+        for y in range(0, rgb.shape[0] - TILE + 1, TILE):
+            for x in range(0, rgb.shape[1] - TILE + 1, TILE):
+                tile = rgb[y:y + TILE, x:x + TILE]
+                if content_score(tile) >= MIN_CONTENT:
+                    tiles.append(tile.transpose(2, 0, 1))
+                    ids.append(f"{rec['id']}_{y}_{x}")
+    return torch.from_numpy(np.stack(tiles)), ids
+
+
+def _round(d: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in d.items()}
+
+
+@torch.no_grad()
+def evaluate_superres(model: torch.nn.Module, tiles: torch.Tensor, scale: int = 4, batch: int = 8) -> dict:
+    deg = superres.Degradation(scale=scale)
+    per = {"model": [], "bicubic": []}
+    for i in range(0, len(tiles), batch):
+        hr = tiles[i:i + batch].float().div(255.0)
+        lr = superres.degrade(hr, deg)
+        per["model"].append(superres.sr_tile_metrics(superres.upscale(model, lr), hr, scale))
+        per["bicubic"].append(superres.sr_tile_metrics(superres.bicubic(lr, scale), hr, scale))
+    m, b = mean_over_tiles(per["model"]), mean_over_tiles(per["bicubic"])
+    keys = ("psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb")
+    return _round({**{k: m[k] for k in keys}, **{f"bicubic_{k}": b[k] for k in keys},
+                   "gain_psnr_y": m["psnr_y"] - b["psnr_y"], "gain_psnr_rgb": m["psnr_rgb"] - b["psnr_rgb"],
+                   "tiles": len(tiles)})
+
+
+@torch.no_grad()
+def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Tensor, batch: int = 8) -> dict:
+    per = {"model": [], "grey": []}
+    truth = []
+    for i in range(0, len(tiles), batch):
+        rgb = tiles[i:i + batch].float().div(255.0)
+        per["model"].append(colorization_tile_metrics(colorizer.colorize_batch(model, rgb, color_space), rgb))
+        per["grey"].append(colorization_tile_metrics(colorizer.grey_baseline(rgb), rgb))
+        truth.append(colourfulness(rgb * 255.0))
+    m, g = mean_over_tiles(per["model"]), mean_over_tiles(per["grey"])
+    keys = ("ab_l1", "ab_l2", "psnr", "colourfulness")
+    return _round({**{k: m[k] for k in keys}, **{f"grey_{k}": g[k] for k in keys if k != "colourfulness"},
+                   "truth_colourfulness": torch.cat(truth).double().mean(),
+                   "ab_l1_vs_grey": m["ab_l1"] / g["ab_l1"], "tiles": len(tiles)})
+
+
+def evaluate(name: str) -> dict:
+    """A release's metrics on ``default_test`` (what the registry stores under that key)."""
+    model, meta = weights.load_release(name)
+    tiles, _ = default_test_tiles()
+    if meta["card"].get("task") == "superres":
+        return evaluate_superres(model, tiles, int(meta["card"].get("scale", 4)))
+    return evaluate_colorize(model, meta["color_space"], tiles)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write a checkpoint as a release and re-evaluate it")
+    e.add_argument("task", choices=("superres", "colorize"))
+    e.add_argument("checkpoint")
+    e.add_argument("name")
+    e.add_argument("--run-metrics", help="the release run's metrics JSON (its test split's numbers)")
+    e.add_argument("--run-model", help="the model's key in --run-metrics")
+    e.add_argument("--run-phase", default="pretrained")
+    e.add_argument("--command", required=True, help="the command that reproduces the checkpoint")
+    e.add_argument("--reproducible", required=True, help="bit-for-bit or why not")
+    e.add_argument("--data", default="{}", help="JSON: source, licence, credit, manifest_sha256, images")
+    e.add_argument("--default", action="store_true")
+    v = sub.add_parser("evaluate", help="re-evaluate a release on the default test tiles")
+    v.add_argument("name")
+    args = ap.parse_args(argv)
+    if args.cmd == "evaluate":
+        print(json.dumps(evaluate(args.name), indent=2))
+        return
+    extra = {"command": args.command, "reproducible": args.reproducible, "data": json.loads(args.data),
+             "default": args.default, "metrics": {}}
+    if args.run_metrics:
+        run = json.loads(Path(args.run_metrics).read_text())
+        base = "bicubic" if args.task == "superres" else "grey"
+        keys = (("psnr_y", "psnr_rgb", "ssim_y") if args.task == "superres" else
+                ("ab_l1", "ab_l2", "psnr", "colourfulness"))
+        mine = run[args.run_model][args.run_phase]
+        extra["metrics"]["release_run_test"] = {
+            "tiles": run.get("test_tiles"), "images": run.get("test_images"),
+            **{k: mine[k] for k in keys}, **{f"{base}_{k}": run[base][k] for k in keys if k in run[base]},
+            **({"truth_colourfulness": run["colourfulness_truth"]} if "colourfulness_truth" in run else {})}
+    weights.export(args.checkpoint, args.name, task=args.task, extra=extra)
+    extra["metrics"]["default_test"] = evaluate(args.name)  # of the fp16 weights a user loads
+    entry = weights.export(args.checkpoint, args.name, task=args.task, extra=extra)
+    print(json.dumps({k: entry[k] for k in ("file", "sha256", "bytes", "metrics")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
