@@ -45,6 +45,7 @@ from pipeline import colorizer, superres  # noqa: E402
 from pipeline.data import Feeder, load_rgb, read_packed  # noqa: E402
 from pipeline.fsio import write_json_atomic  # noqa: E402
 from pipeline.models import discriminator_class, generator_class, out_channels  # noqa: E402
+from pipeline.stages.tile import tile_positions  # noqa: E402
 from pipeline.train import autocast_for, gan_losses, gan_step, l1_step  # noqa: E402
 
 # (name, task, generator, generator kwargs, discriminator, discriminator kwargs, colour space, step)
@@ -75,9 +76,8 @@ def tiles_from(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
     side, out = args.tile, []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")):
         rgb = load_rgb(path)
-        for y in range(0, rgb.shape[0] - side + 1, side):
-            for x in range(0, rgb.shape[1] - side + 1, side):
-                out.append(rgb[y:y + side, x:x + side].transpose(2, 0, 1))
+        out += [rgb[y:y + side, x:x + side].transpose(2, 0, 1)
+                for y, x in tile_positions(rgb.shape[0], rgb.shape[1], side, side)]
         if len(out) >= args.max_tiles:
             break
     return torch.from_numpy(np.stack(out[:args.max_tiles])), f"{len(out[:args.max_tiles])} tiles of {folder}"

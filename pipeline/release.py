@@ -28,9 +28,9 @@ from pipeline.data import load_rgb
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.sources.embedded import VENDORED
 from pipeline.stages.split import choose_test_images
-from pipeline.stages.tile import content_score
+from pipeline.stages.tile import TileConfig, scored_tiles
 
-TILE, MIN_CONTENT, TEST_FRACTION = 256, 0.05, 0.1   # the default params of tile and split
+CFG, TEST_FRACTION = TileConfig(size=256, stride=256, min_content=0.05), 0.1  # default tile and split params
 EXTRA_IDS = ("skimage-hubble_deep_field",)          # the embedded source's other image
 
 
@@ -42,13 +42,10 @@ def default_test_tiles() -> tuple[torch.Tensor, list[str]]:
     for rec in sorted(records, key=lambda r: r["id"]):
         if rec["id"] not in test:
             continue
-        rgb = load_rgb(VENDORED / rec["file"])
-        for y in range(0, rgb.shape[0] - TILE + 1, TILE):
-            for x in range(0, rgb.shape[1] - TILE + 1, TILE):
-                tile = rgb[y:y + TILE, x:x + TILE]
-                if content_score(tile) >= MIN_CONTENT:
-                    tiles.append(tile.transpose(2, 0, 1))
-                    ids.append(f"{rec['id']}_{y}_{x}")
+        for y, x, tile, score in scored_tiles(load_rgb(VENDORED / rec["file"]), CFG):
+            if score >= CFG.min_content:
+                tiles.append(tile.transpose(2, 0, 1))
+                ids.append(f"{rec['id']}_{y}_{x}")
     return torch.from_numpy(np.stack(tiles)), ids
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,13 @@ def tile_positions(h: int, w: int, size: int, stride: int) -> list[tuple[int, in
     return [(y, x) for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)]
 
 
+def scored_tiles(rgb: np.ndarray, cfg: TileConfig) -> Iterator[tuple[int, int, np.ndarray, float]]:
+    """(y, x, tile, content score) of every full tile of ``rgb``, row-major, kept or not."""
+    for y, x in tile_positions(rgb.shape[0], rgb.shape[1], cfg.size, cfg.stride):
+        tile = rgb[y:y + cfg.size, x:x + cfg.size]
+        yield y, x, tile, content_score(tile)
+
+
 def tile_image(job: tuple[str, str, str, TileConfig]) -> dict:
     """Cut one image, write its kept tiles; return {rows, dropped, too_small, error}."""
     path, image_id, out_dir, cfg = job
@@ -79,9 +87,7 @@ def tile_image(job: tuple[str, str, str, TileConfig]) -> dict:
     h, w = rgb.shape[:2]
     grey = int(is_grey(rgb))
     rows, dropped = [], 0
-    for y, x in tile_positions(h, w, cfg.size, cfg.stride):
-        tile = rgb[y:y + cfg.size, x:x + cfg.size]
-        score = content_score(tile)
+    for y, x, tile, score in scored_tiles(rgb, cfg):
         if score < cfg.min_content:
             dropped += 1
             continue
