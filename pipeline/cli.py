@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict a*b colour for grey images; L stays at full resolution.",
                        epilog=EPILOG)
     _image_args(c, "colorize", "the model's training crop from its card, else 256", "tile/2")
-    c.add_argument("--strength", type=float, default=1.0,
-                   help="scale the predicted a*b: a saturation control; 0 = grey, 1 = as predicted "
-                   "(default), >1 more saturated")
+    c.add_argument("--strength", type=float, default=None,
+                   help="scale the predicted a*b: a saturation control; 0 = grey, 1 = as predicted, >1 more "
+                   "saturated (default: the strength chosen on the val tiles for this model, else 1)")
     u = sub.add_parser("upscale", help="4x super-resolution", epilog=EPILOG,
                        description="Upscale images 4x; grey inputs give grey outputs.")
     _image_args(u, "superres", "64, the training LR patch size", "tile/8")
@@ -192,6 +192,9 @@ def run_images(args: argparse.Namespace) -> int:
         return 2
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"model: {chosen}; device {device}; tiles {args.tile} px, overlap {args.overlap}")
+    if task == "colorize" and args.strength is None:
+        args.strength, why = inf.default_strength(lm, Path(args.project))
+        say(f"strength {args.strength:g} ({why})")
     record = lm.record()
     items = expand_inputs(args.inputs, args.recursive, Path(args.output).resolve())
     if Path(args.output).suffix.lower() in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):

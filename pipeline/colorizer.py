@@ -12,10 +12,21 @@ import torch
 from pipeline import color
 
 
-def make_pair(rgb: torch.Tensor, color_space: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB batch in [0, 1] (N, 3, H, W) -> (network input, network target), float32."""
+def make_pair(rgb: torch.Tensor, color_space: str, mono: float = 0.0, gen: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB batch in [0, 1] (N, 3, H, W) -> (network input, network target), float32.
+
+    ``mono`` > 0: that fraction of the samples (drawn from ``gen``, a CPU generator) gets as input
+    the L of one of its R, G, B channels alone (drawn too), shown grey: what a single-filter archive
+    image looks like, rather than the luminance of the colour picture. The target stays the truth."""
     lab = color.rgb_to_lab(rgb)
     x = color.normalize_l(lab[:, :1])
+    if mono > 0:
+        n = len(rgb)
+        pick = (torch.rand(n, generator=gen) < mono).to(rgb.device)
+        chan = torch.randint(3, (n,), generator=gen).to(rgb.device)
+        single = rgb.float()[torch.arange(n, device=rgb.device), chan][:, None].expand(-1, 3, -1, -1)
+        x = torch.where(pick[:, None, None, None], color.normalize_l(color.rgb_to_lab(single)[:, :1]), x)
     if color_space == "lab":
         return x, color.normalize_ab(lab[:, 1:])
     if color_space == "rgb":
@@ -35,10 +46,21 @@ def to_rgb(x: torch.Tensor, out: torch.Tensor, color_space: str) -> torch.Tensor
 
 
 @torch.no_grad()
-def colorize_batch(model: torch.nn.Module, rgb: torch.Tensor, color_space: str) -> torch.Tensor:
-    """Colorize the grey version of an RGB batch in [0, 1]; returns RGB in [0, 1] on the same device."""
+def colorize_batch(model: torch.nn.Module, rgb: torch.Tensor, color_space: str, strength: float = 1.0
+                   ) -> torch.Tensor:
+    """Colorize the grey version of an RGB batch in [0, 1]; returns RGB in [0, 1] on the same device.
+    ``strength`` scales the predicted a*b (0: the grey input, 1: the prediction), as
+    ``astrogan colorize --strength`` does."""
     x, _ = make_pair(rgb, color_space)
-    return to_rgb(x, model(x), color_space)
+    out = to_rgb(x, model(x), color_space)
+    return out if strength == 1.0 else scale_ab(out, rgb, strength)
+
+
+def scale_ab(out: torch.Tensor, rgb: torch.Tensor, strength: float) -> torch.Tensor:
+    """A colorized batch ``out`` (RGB in [0, 1]) with its a*b scaled by ``strength``, on the L of the
+    input batch ``rgb``: what ``colorize_batch(..., strength)`` gives, from its strength-1 output."""
+    lab = color.rgb_to_lab(out)
+    return color.lab_to_rgb(torch.cat([color.rgb_to_lab(rgb)[:, :1], lab[:, 1:] * strength], dim=1))
 
 
 def grey_baseline(rgb: torch.Tensor) -> torch.Tensor:
@@ -46,3 +68,51 @@ def grey_baseline(rgb: torch.Tensor) -> torch.Tensor:
     lab = color.rgb_to_lab(rgb)
     lab[:, 1:] = 0
     return color.lab_to_rgb(lab)
+
+
+def colour_objective(entry: dict, images, G: torch.nn.Module, device: torch.device, pixel_weight: float | None
+                     ) -> tuple[dict, dict]:
+    """The colour terms a zoo entry asks for, as ``Objective`` keyword arguments, and a card record.
+
+    - ``head: {kind: classification, lam, sigma, k, weight}`` (generator ``ab_classifier``): Zhang et
+      al.'s rebalanced cross-entropy over a*b bins, the prior measured on ``images`` (the phase's
+      training images, uint8); the L1 term's weight becomes ``pixel_weight`` (default 0).
+    - ``colourfulness_weight``: weight of ``abclass.colourfulness_loss`` between prediction and truth.
+    - ``adversarial_weight``: the GAN term's weight (default 1).
+    ``pixel_weight``: the phase's default L1 weight (None: train.l1_weight in the GAN phase)."""
+    from pipeline import abclass
+
+    extras, record = [], {}
+    head = entry.get("head") or {}
+    if head:
+        if head.get("kind") != "classification" or entry.get("generator") != "ab_classifier":
+            raise SystemExit(f"colorize.zoo entry head {head!r}: only kind: classification, with generator "
+                             "ab_classifier")
+        centres = G.centres.to(device)
+        prior = abclass.empirical_prior(_ab_samples(images), G.centres, float(head.get("sigma", 5.0)))
+        weights = abclass.rebalance_weights(prior, float(head.get("lam", 0.5))).float().to(device)
+        w, k, sigma = float(head.get("weight", 1.0)), int(head.get("k", 5)), float(head.get("sigma", 5.0))
+        extras.append(("loss_g_class", lambda fake, y, x: w * abclass.class_loss(
+            G.last_logits, color.denormalize_ab(y), centres, weights, k=k, sigma=sigma)))
+        pixel_weight = float(entry.get("pixel_weight", 0.0))
+        top = prior.topk(3)
+        record["classification"] = {"bins": len(centres), "lam": head.get("lam", 0.5), "weight": w,
+                                    "T": G.T, "prior_top_bins": G.centres[top.indices].tolist(),
+                                    "prior_top_mass": [round(float(v), 4) for v in top.values],
+                                    "max_weight": round(float(weights.max()), 3)}
+    cw = float(entry.get("colourfulness_weight", 0.0))
+    if cw > 0:
+        extras.append(("loss_g_colourfulness", lambda fake, y, x: cw * abclass.colourfulness_loss(
+            to_rgb(x, fake, "lab"), to_rgb(x, y, "lab"))))
+        record["colourfulness_weight"] = cw
+    kwargs = {"extras": tuple(extras), "adversarial_weight": float(entry.get("adversarial_weight", 1.0)),
+              "pixel_weight": pixel_weight}
+    return kwargs, record
+
+
+def _ab_samples(images, limit: int = 400, stride: int = 4):
+    """a*b (1, 2, h, w) of up to ``limit`` images (uint8 (3, H, W)), every ``stride``-th pixel."""
+    step = max(1, len(images) // limit)
+    for i in range(0, len(images), step):
+        img = images[i][:, ::stride, ::stride].float().div(255.0)
+        yield color.rgb_to_lab(img[None])[:, 1:]

@@ -184,6 +184,21 @@ def open_model(spec: str | None, project: Path, task: str, device: torch.device)
     return load_model(path, task, device), f"{path} (--model)"
 
 
+def default_strength(lm: Loaded, project: Path) -> tuple[float, str]:
+    """``colorize --strength``'s default: the a*b scale chosen on the val tiles for this model (the
+    release's registry entry, or ``<name>.<phase>_val_strength`` in the project's metrics), else 1."""
+    release = (lm.meta.get("card") or {}).get("release") or {}
+    if release.get("strength") is not None:
+        return float(release["strength"]), "chosen on the val tiles of its release run"
+    _, metrics_file = project_paths(project, "colorize")
+    if lm.path.suffix == ".pt" and metrics_file.is_file():
+        entry = json.loads(metrics_file.read_text()).get(lm.path.parent.name)
+        chosen = entry.get(f"{lm.path.stem}_val_strength") if isinstance(entry, dict) else None
+        if isinstance(chosen, dict) and "strength" in chosen:
+            return float(chosen["strength"]), f"chosen on the val tiles, {metrics_file}"
+    return 1.0, "no strength chosen on val for this model: as predicted"
+
+
 def lightness(data: np.ndarray) -> np.ndarray:
     """Grey (H, W) (read as R=G=B) or RGB (H, W, 3) in [0, 1] -> CIE L in [0, 100], float32 (H, W).
 

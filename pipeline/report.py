@@ -162,6 +162,29 @@ def _verdicts(grey: Row, rows: Sequence[Row]) -> str:
     return "\n".join(lines) if lines else "- No models were evaluated."
 
 
+def _ranking(metrics: dict) -> str:
+    """Every model and phase, also at the a*b strength chosen on val, ranked by a*b L1 against grey,
+    with colourfulness against the truth's (Hasler & Suesstrunk)."""
+    g, truth = metrics["grey"]["ab_l1"], metrics["colourfulness_truth"]
+    body = []
+    for name, stages in metrics.items():
+        if name in TOP_LEVEL or not isinstance(stages, dict):
+            continue
+        for stage, m in stages.items():
+            body.append((m["ab_l1"], [f"{name} ({stage})", _fmt(m.get("strength", 1.0)), _fmt(m["ab_l1"]),
+                                      f"{m['ab_l1'] / g:.3f}" if g > 0 else "—", _fmt(m["colourfulness"]),
+                                      f"{m['colourfulness'] / truth:.3f}" if truth > 0 else "—"]))
+    rows = [["grey baseline (a\\*b\\* = 0)", "0", _fmt(g), "1.000", _fmt(metrics["grey"]["colourfulness"]),
+             "—"], *(r for _, r in sorted(body, key=lambda t: t[0]))]
+    return ("### Every option against grey, with the a\\*b\\* strength chosen on val\n\n"
+            "`<stage>_val_strength` rows scale the predicted a\\*b\\* by the strength with the lowest "
+            "a\\*b\\* L1 on the val tiles (`evaluate.strengths`; 0 is the grey input itself), the default "
+            "of `astrogan colorize --strength`. Ratios below 1 beat grey; a colourfulness ratio near 1 "
+            "matches the truth's.\n\n"
+            + _table(["Model (phase)", "Strength", "a\\*b\\* L1", "/ grey", "Colourfulness", "/ truth"], rows)
+            + "\n")
+
+
 def _table2(grey: Row, rows: Sequence[Row]) -> str:
     """Paper Table 2's shape: distance x (R, G, B) for the fine-tuned models, grey and paper beside."""
     ft = [r for r in rows if r.label.endswith("(finetuned)")]
@@ -195,6 +218,7 @@ def render_colorization_report(metrics: dict, params: dict) -> str:
         DEFINITIONS + "\n",
         "### Does any model beat doing nothing? (a\\*b\\* L1, model / grey baseline)\n\n"
         + _verdicts(grey, rows) + "\n",
+        _ranking(metrics),
         _section("Table 1: L1 and L2 distance to the truth in RGB (0-255 scale)",
                  ["Model", "Colour space", "L1", "L2", "PSNR (dB)", "SSIM",
                   f"L1, {PAPER}", f"L2, {PAPER}"],

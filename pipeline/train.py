@@ -192,7 +192,8 @@ def make_adam(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch
 
 
 PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
-ExtraLoss = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (log key, (fake, y) -> term)
+# (log key, (fake, y, x) -> weighted term)
+ExtraLoss = tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]
 
 
 def pixel_loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -206,21 +207,22 @@ def pixel_loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 class Objective:
     """What the generator minimises. Defaults are pix2pix's (colorization): conditional D,
     gan + l1_weight * L1 with ``pixel_weight=None`` meaning ``TrainConfig.l1_weight``.
-    SRGAN: unconditional D, pixel_weight 1 (L1 or MSE), adversarial_weight 1e-3, a VGG term."""
+    SRGAN: unconditional D, pixel_weight 1 (L1 or MSE), adversarial_weight 1e-3, a VGG term.
+    ``extras``: further generator terms, each (log key, (fake, y, x) -> weighted term), in both
+    phases (e.g. the a*b classification loss, a colourfulness term, the VGG loss)."""
 
     conditional: bool = True                 # D sees cat(x, y) (pix2pix) or y alone (SRGAN)
     pixel_loss: str = "l1"                   # l1 | mse; logged as loss_g_<pixel_loss>
     pixel_weight: float | None = None        # None: TrainConfig.l1_weight
     adversarial_weight: float = 1.0
-    extra: ExtraLoss | None = None           # an extra generator term, already weighted (GAN phase only)
+    extras: tuple[ExtraLoss, ...] = ()       # extra generator terms, already weighted
 
     def fields(self, gan: bool) -> list[str]:
         """The CSV columns of a phase: step, then the keys the step functions return."""
-        pix = f"loss_g_{self.pixel_loss}"
+        pix, more = f"loss_g_{self.pixel_loss}", [key for key, _ in self.extras]
         if not gan:
-            return ["step", pix]
-        return ["step", "loss_g_gan", pix, *([self.extra[0]] if self.extra else []), "loss_d", "loss_d_real",
-                "loss_d_fake"]
+            return ["step", pix, *more]
+        return ["step", "loss_g_gan", pix, *more, "loss_d", "loss_d_real", "loss_d_fake"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -229,24 +231,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def l1_step(G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            autocast: Callable[[], contextlib.AbstractContextManager], pixel_loss: str = "l1"
-            ) -> dict[str, torch.Tensor]:
-    """One pixel-regression step (pretraining): returns {"loss_g_<pixel_loss>": mean loss(G(x), y)}
-    (``pixel_loss`` "l1", the default, or "mse") as a detached 0-dim tensor (no device sync)."""
+            autocast: Callable[[], contextlib.AbstractContextManager], pixel_loss: str = "l1",
+            pixel_weight: float = 1.0, extras: tuple[ExtraLoss, ...] = ()) -> dict[str, torch.Tensor]:
+    """One pretraining step: minimise pixel_weight * loss(G(x), y) (``pixel_loss`` "l1", the default,
+    or "mse") + the ``extras`` terms. Returns {"loss_g_<pixel_loss>": un-weighted pixel loss, extra keys:
+    weighted terms} as detached 0-dim tensors (no device sync)."""
     loss_fn = pixel_loss_fn(pixel_loss)
     opt.zero_grad(set_to_none=True)
     with autocast():
         fake = G(x)
     loss = loss_fn(fake.float(), y.float())
-    loss.backward()
+    terms = [term(fake.float(), y.float(), x) for _, term in extras]
+    (pixel_weight * loss + sum(terms)).backward()
     opt.step()
-    return {f"loss_g_{pixel_loss}": loss.detach()}
+    return {f"loss_g_{pixel_loss}": loss.detach(), **{k: t.detach() for (k, _), t in zip(extras, terms,
+                                                                                            strict=True)}}
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor, *, l1_weight: float, criterion: nn.Module,
              autocast: Callable[[], contextlib.AbstractContextManager], conditional: bool = True,
-             adversarial_weight: float = 1.0, pixel_loss: str = "l1", extra: ExtraLoss | None = None,
+             adversarial_weight: float = 1.0, pixel_loss: str = "l1", extras: tuple[ExtraLoss, ...] = (),
              generator: torch.Generator | None = None, rows: tuple[int, slice] | None = None
              ) -> dict[str, torch.Tensor]:
     """One GAN step. x: (N, Cx, h, w) input; y: (N, C, H, W) target.
@@ -254,9 +259,9 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     Conditional (pix2pix): D learns real cat(x, y) vs fake cat(x, G(x).detach()), so x and y share
     H, W. Unconditional (SRGAN, ``conditional=False``): D sees y vs G(x).detach() alone. D's loss is
     (real + fake) / 2; then, with D frozen, G minimises adversarial_weight * gan(D(fake), real) +
-    l1_weight * pixel(G(x), y) [+ the ``extra`` term, weighted by its maker]. Returns floats:
+    l1_weight * pixel(G(x), y) [+ the ``extras`` terms, weighted by their maker]. Returns
     loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_<pixel_loss> (both un-weighted) and the
-    extra term's key (weighted) when given, as detached 0-dim tensors (no device sync).
+    extra terms' keys (weighted), as detached 0-dim tensors (no device sync).
 
     Under DDP (``D`` a DistributedDataParallel), D's own step goes through the wrapper (its gradients
     are averaged over ranks) and G's adversarial term through ``D.module`` (D is frozen there: no
@@ -298,11 +303,11 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     total = adversarial_weight * loss_g_gan + l1_weight * loss_g_pix
     terms = [loss_d, loss_d_real, loss_d_fake, loss_g_gan, loss_g_pix]
     keys = ["loss_d", "loss_d_real", "loss_d_fake", "loss_g_gan", f"loss_g_{pixel_loss}"]
-    if extra is not None:
-        term = extra[1](fake.float(), y.float())
+    for key, fn in extras:
+        term = fn(fake.float(), y.float(), x)
         total = total + term
         terms.append(term)
-        keys.append(extra[0])
+        keys.append(key)
     total.backward()
     opt_g.step()
     D.requires_grad_(True)
@@ -514,12 +519,13 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
         rgb = feeder.next(cfg.batch_size, cfg.crop, gen).float().div_(255.0)
         x, y = (t[mine].contiguous(memory_format=fmt) for t in pair(rgb, aux))  # this rank's rows
         if D is None:
-            losses = l1_step(G, opt_g, x, y, autocast, obj.pixel_loss)
+            losses = l1_step(G, opt_g, x, y, autocast, obj.pixel_loss,
+                             1.0 if obj.pixel_weight is None else obj.pixel_weight, obj.extras)
         else:
             losses = gan_step(G, D, opt_g, opt_d, x, y, l1_weight=pixel_weight, criterion=criterion,
                               autocast=autocast, conditional=obj.conditional,
                               adversarial_weight=obj.adversarial_weight, pixel_loss=obj.pixel_loss,
-                              extra=obj.extra, generator=aux, rows=(cfg.batch_size, mine))
+                              extras=obj.extras, generator=aux, rows=(cfg.batch_size, mine))
         log.add(losses)
         stop = False
         if validate and (step % cfg.eval_every == 0 or step == cfg.steps):

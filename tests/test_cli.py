@@ -309,3 +309,22 @@ def test_upscale_with_the_zoo_sr_architectures(arch, tmp_path):
     assert cli.main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"),
                      "--model", str(ckpt), "--tile", "24", "--overlap", "6", "-q"]) == 0
     assert np.asarray(Image.open(tmp_path / "out.png")).shape == (148, 212, 3)
+
+
+def test_colorize_strength_defaults_to_the_one_chosen_on_val(proj, tmp_path, capsys):
+    """The evaluate stage records <name>.<phase>_val_strength; with no --strength the CLI uses it
+    (here 0: the output is the grey input), and an explicit --strength wins."""
+    project = tmp_path / "p"
+    shutil.copytree(proj, project)
+    metrics = json.loads((project / "metrics/colorization.json").read_text())
+    metrics["tiny"]["finetuned_val_strength"] = {"strength": 0.0, "ab_l1": 8.0}
+    (project / "metrics/colorization.json").write_text(json.dumps(metrics))
+    src = save(tmp_path / "in.png", (skdata.astronaut()[:64, :64]))
+    assert cli.main(["colorize", str(src), "-o", str(tmp_path / "a.png"), "--project", str(project)]) == 0
+    assert "strength 0 (chosen on the val tiles" in capsys.readouterr().err
+    out = np.asarray(Image.open(tmp_path / "a.png")).astype(int)
+    assert np.abs(out[..., 0] - out[..., 1]).max() <= 2 and np.abs(out[..., 1] - out[..., 2]).max() <= 2
+    assert cli.main(["colorize", str(src), "-o", str(tmp_path / "b.png"), "--project", str(project),
+                     "--strength", "1"]) == 0
+    out = np.asarray(Image.open(tmp_path / "b.png")).astype(int)
+    assert np.abs(out[..., 0] - out[..., 2]).max() > 10

@@ -18,6 +18,7 @@ import pipeline.models
 from pipeline import report
 from pipeline.models import save_generator
 from pipeline.stages import evaluate
+from tests.conftest import pack_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,3 +218,30 @@ def test_the_default_zoo_lands_in_the_paper_rows():
     assert "77.3273" not in row["unet_rgb (pretrained)"] and "paper only" not in table1
     assert set(params["colorize"]["finetune"]) <= set(params["colorize"]["pretrain"]) <= set(zoo)
     assert "resnet18_rgb" not in params["colorize"]["finetune"]
+
+
+def test_strength_is_chosen_on_val_and_scored_on_test(project):
+    """m1/pretrained predicts a*b = 0 (every strength scores the same, up to round-off); a val split
+    equal to the test tiles; the chosen strength's test metrics sit beside the plain ones."""
+    tmp, params = project
+    split = tmp / "split"
+    (split / "val.csv").write_text((split / "test.csv").read_text())
+    params["paths"]["packed"] = str(tmp / "packed")
+    params["evaluate"]["strengths"] = [0, 0.5, 1.0]
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    pack_project(tmp, side=SIZE)
+    evaluate.main()
+    m = json.loads((tmp / "metrics" / "colorization.json").read_text())
+    assert list(m["m1"]) == ["pretrained", "finetuned", "pretrained_val_strength", "finetuned_val_strength"]
+    zero = m["m1"]["pretrained_val_strength"]
+    assert set(zero["val_ab_l1_by_strength"]) == {"0", "0.5", "1"}
+    assert max(zero["val_ab_l1_by_strength"].values()) == pytest.approx(
+        min(zero["val_ab_l1_by_strength"].values()), rel=1e-4)
+    ft = m["m1"]["finetuned_val_strength"]
+    by = ft["val_ab_l1_by_strength"]
+    assert ft["strength"] == float(min(by, key=by.get))
+    if ft["strength"] == 0:  # strength 0 is the grey input: it scores as the grey baseline
+        assert ft["ab_l1"] == pytest.approx(m["grey"]["ab_l1"], rel=1e-4)
+    assert m["m2"]["pretrained_val_strength"]["strength"] in (0, 0.5, 1.0)
+    text = report.render_colorization_report(m, params)
+    assert "strength chosen on val" in text

@@ -211,17 +211,18 @@ def test_unconditional_gan_steps_are_finite_and_use_extra_term():
     x, y = _batch()
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in (G, D))
     calls = []
-    extra = ("loss_g_perceptual", lambda f, t: calls.append(f.shape) or 0.5 * (f - t).abs().mean())
+    extra = ("loss_g_perceptual", lambda f, t, _x: calls.append(f.shape) or 0.5 * (f - t).abs().mean())
     for _ in range(3):
         out = train_mod.gan_step(G, D, opt_g, opt_d, x, y, l1_weight=1.0,
                                  criterion=train_mod.gan_losses("vanilla"),
                                  autocast=train_mod.autocast_for(torch.device("cpu"), "fp32"),
-                                 conditional=False, adversarial_weight=1e-3, pixel_loss="mse", extra=extra)
+                                 conditional=False, adversarial_weight=1e-3, pixel_loss="mse",
+                                 extras=(extra,))
     assert set(out) == {"loss_d", "loss_d_real", "loss_d_fake", "loss_g_gan", "loss_g_mse",
                         "loss_g_perceptual"}
     assert all(v.ndim == 0 and math.isfinite(v) for v in out.values())
     assert calls == [(4, 3, 32, 32)] * 3
-    assert train_mod.Objective(pixel_loss="mse", extra=extra).fields(gan=True) == [
+    assert train_mod.Objective(pixel_loss="mse", extras=(extra,)).fields(gan=True) == [
         "step", "loss_g_gan", "loss_g_mse", "loss_g_perceptual", "loss_d", "loss_d_real", "loss_d_fake"]
     with pytest.raises(SystemExit, match="pixel loss 'huber'"):
         train_mod.pixel_loss_fn("huber")

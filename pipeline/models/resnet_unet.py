@@ -85,6 +85,8 @@ class ResNet18UNet(nn.Module):
         in_channels: input channels, default 1 (L). With ImageNet weights, conv1's RGB filters are
             summed over their input channels (averaged and repeated when in_channels > 1).
         decoder_channels: widths of the four decoder blocks (1/8, 1/4, 1/2, 1/1 scale).
+        final_activation: "tanh" (outputs in [-1, 1], a*b / 110 or RGB) or "none" (raw logits, for
+            the a*b classifier, ``pipeline.models.ab_classifier``).
 
     Skips: conv1-relu (64 ch, 1/2), layer1 (64, 1/4), layer2 (128, 1/8); layer3 (256, 1/16) is the
     bottleneck. After construction ``encoder_weights_used`` is "imagenet" or "random" and
@@ -92,7 +94,8 @@ class ResNet18UNet(nn.Module):
     """
 
     def __init__(self, *, out_channels: int = 2, encoder_weights: str | None = None, in_channels: int = 1,
-                 decoder_channels: tuple[int, int, int, int] | list[int] = (128, 64, 64, 32)):
+                 decoder_channels: tuple[int, int, int, int] | list[int] = (128, 64, 64, 32),
+                 final_activation: str = "tanh"):
         super().__init__()
         if encoder_weights not in (None, "imagenet"):
             raise ValueError(f"encoder_weights={encoder_weights!r}; use 'imagenet' or None")
@@ -112,7 +115,10 @@ class ResNet18UNet(nn.Module):
         self.up2 = UpBlock(c3, 64, c2)             # -> 1/4
         self.up1 = UpBlock(c2, 64, c1)             # -> 1/2
         self.up0 = UpBlock(c1, in_channels, c0)    # -> 1/1, skip from the input itself
-        self.head = nn.Sequential(nn.Conv2d(c0, out_channels, 3, padding=1), nn.Tanh())
+        if final_activation not in ("tanh", "none"):
+            raise ValueError(f"final_activation={final_activation!r}; use tanh or none (logits)")
+        act = nn.Tanh() if final_activation == "tanh" else nn.Identity()
+        self.head = nn.Sequential(nn.Conv2d(c0, out_channels, 3, padding=1), act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -5,6 +5,9 @@ the grey baseline and each pre-trained / fine-tuned generator, and writes
 ``{paths.metrics}/colorization.json`` (floats to 6 significant digits, FID ``null`` with
 ``fid_reason`` when it cannot be estimated), and ``figures/colorization_grid.png`` (the
 ``report`` stage renders them into ``report.md``).
+With ``evaluate.strengths``, each model's a*b scale (``astrogan colorize --strength``) is chosen on
+the packed val colour tiles (lowest a*b L1) and the model is scored on test at that scale too
+(``<name>.<stage>_val_strength``: strength, val a*b L1 per strength, the test metrics).
 Run from the project root: ``python -m pipeline.stages.evaluate``.
 """
 
@@ -19,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline import fid
-from pipeline.colorizer import colorize_batch, grey_baseline
-from pipeline.data import load_tiles, read_split
+from pipeline.color import rgb_to_lab
+from pipeline.colorizer import colorize_batch, grey_baseline, scale_ab
+from pipeline.data import load_tiles, read_packed, read_split
 from pipeline.fsio import write_json_atomic
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.models import load_generator
@@ -38,11 +42,14 @@ class EvalConfig:
     batch_size: int = 16
     grid_samples: int = 6
     fid_dims: int = 2048
+    strengths: tuple[float, ...] = ()   # a*b scales tried on the val tiles ("--strength" chosen there)
+    val_max_tiles: int = 256            # at most this many val tiles (evenly spread) choose it
 
     @classmethod
     def from_params(cls, params: dict) -> EvalConfig:
         e = params["evaluate"]
-        return cls(int(e["batch_size"]), int(e["grid_samples"]), int(e["fid_dims"]))
+        return cls(int(e["batch_size"]), int(e["grid_samples"]), int(e["fid_dims"]),
+                   tuple(float(v) for v in e.get("strengths") or ()), int(e.get("val_max_tiles", 256)))
 
 
 def colour_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -68,33 +75,58 @@ def load_predictors(params: dict, device: torch.device) -> dict[Key, Callable]:
 
 @torch.no_grad()
 def score(tiles: torch.Tensor, predictors: dict[Key, Callable], cfg: EvalConfig, device: torch.device,
-          inception: torch.nn.Module | None) -> tuple[dict[Key, dict], dict[Key, torch.Tensor], float]:
+          inception: torch.nn.Module | None, derived: dict[Key, tuple[Key, float]] | None = None
+          ) -> tuple[dict[Key, dict], dict[Key, torch.Tensor], float]:
     """Metrics per predictor, its first ``grid_samples`` predictions (CPU, [0, 1]), truth colourfulness.
+
+    ``derived``: key -> (a predictor's key, strength): that predictor's output with its a*b scaled
+    (``colorizer.scale_ab``), scored too without another forward pass.
 
     ``tiles``: uint8 (N, 3, H, W). Batches stream through every predictor, so memory holds one batch
     of predictions plus Inception features, never all predictions. FID is None without ``inception``.
     """
-    per_tile = {k: [] for k in predictors}
-    acts: dict = {k: [] for k in [*predictors, "truth"]}
-    grid = {k: [] for k in predictors}
+    derived = derived or {}
+    keys = [*predictors, *derived]
+    per_tile = {k: [] for k in keys}
+    acts: dict = {k: [] for k in [*keys, "truth"]}
+    grid = {k: [] for k in keys}
     truth_colour = []
     for i in tqdm(range(0, len(tiles), cfg.batch_size), desc="evaluate", unit="batch"):
         rgb = tiles[i:i + cfg.batch_size].to(device).float().div_(255.0)
         truth_colour.append(colourfulness(rgb * 255.0).cpu())
         if inception is not None:
             acts["truth"].append(fid.activations(inception, rgb))
-        for key, fn in predictors.items():
-            pred = fn(rgb)
+        preds = {key: fn(rgb) for key, fn in predictors.items()}
+        preds |= {key: scale_ab(preds[base], rgb, s) for key, (base, s) in derived.items()}
+        for key, pred in preds.items():
             per_tile[key].append(colorization_tile_metrics(pred, rgb))
             if inception is not None:
                 acts[key].append(fid.activations(inception, pred))
             grid[key].append(pred[:max(cfg.grid_samples - i, 0)].cpu())
     results = {}
-    for key in predictors:
+    for key in keys:
         results[key] = mean_over_tiles(per_tile[key])
         results[key]["fid"] = (fid.fid_from_activations(torch.cat(acts[key]), torch.cat(acts["truth"]))
                                if inception is not None else None)
     return results, {k: torch.cat(v) for k, v in grid.items()}, float(torch.cat(truth_colour).mean())
+
+
+@torch.no_grad()
+def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
+                    device: torch.device) -> tuple[float, dict[str, float]]:
+    """The a*b scale of ``strengths`` with the lowest a*b L1 on the val tiles (uint8), and each one's
+    val a*b L1. The prediction is made once; scaling its a*b is exact in L*a*b* (the final RGB
+    conversion may clip a few out-of-gamut colours, which the test scores include)."""
+    err = torch.zeros(len(strengths), dtype=torch.float64)
+    n = 0
+    for i in range(0, len(val), batch):
+        rgb = val[i:i + batch].to(device).float().div_(255.0)
+        ab_true, ab_pred = rgb_to_lab(rgb)[:, 1:], rgb_to_lab(fn(rgb))[:, 1:]
+        for j, s in enumerate(strengths):
+            err[j] += (ab_pred * s - ab_true).abs().double().sum().cpu()
+        n += ab_true.numel()
+    per = {f"{s:g}": float(e / n) for s, e in zip(strengths, err, strict=True)}
+    return strengths[int(err.argmin())], per
 
 
 def round_sig(obj, digits: int = 6):
@@ -131,20 +163,31 @@ def main() -> None:
     print(f"evaluate: {len(rows)} test tiles, {skipped} grey tiles skipped, device {device}")
     tiles = load_tiles(paths["tiles"], [r["tile_id"] for r in rows])
     predictors = load_predictors(params, device)
+    chosen, derived = {}, {}
+    val, _ = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
+    if len(val) > cfg.val_max_tiles:  # evenly spread over the val images
+        val = val[torch.linspace(0, len(val) - 1, cfg.val_max_tiles).long()]
+    for key in [k for k in predictors if k != GREY and len(val)]:
+        chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device)
+        derived[(key[0], f"{key[1]}_val_strength")] = (key, chosen[key][0])
     inception, reason = fid_model(len(rows), cfg.fid_dims, device)
-    results, grid, truth_colour = score(tiles, predictors, cfg, device, inception)
+    results, grid, truth_colour = score(tiles, predictors, cfg, device, inception, derived)
 
     metrics: dict = {"test_tiles": len(rows), "test_images": len({r["image_id"] for r in rows}),
                      "grey_tiles_skipped": skipped, "fid_reason": reason,
                      "colourfulness_truth": truth_colour, "grey": results[GREY]}
     for (name, stage), m in results.items():
         if (name, stage) != GREY:
+            base = (name, stage.removesuffix("_val_strength"))
+            if base in chosen and stage != base[1]:
+                m = {"strength": chosen[base][0], "val_ab_l1_by_strength": chosen[base][1], **m}
             metrics.setdefault(name, {})[stage] = m
     metrics = round_sig(metrics)
     out = Path(paths["metrics"])
     write_json_atomic(out / "colorization.json", metrics)
     columns = [("input (grey)", grid[GREY])]
-    columns += [(f"{name}\n{stage}", grid[(name, stage)]) for name, stage in grid if (name, stage) != GREY]
+    columns += [(f"{name}\n{stage}", grid[(name, stage)]) for name, stage in grid
+                if (name, stage) != GREY and not stage.endswith("_val_strength")]
     columns.append(("truth", tiles[:cfg.grid_samples].float() / 255.0))
     size = save_grid(out / "figures" / "colorization_grid.png", columns)
     print(f"evaluate: wrote {out}/colorization.json, figures/colorization_grid.png "

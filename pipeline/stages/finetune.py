@@ -10,8 +10,10 @@ runs it under torchrun (DDP).
 
 The zoo entry picks the discriminator (``discriminator``: patchgan | vgg_residual | resnet50_patch,
 with ``discriminator_kwargs``), may override ``train.gan_loss`` (``gan_loss``) and the ``finetune``
-section (its own ``finetune`` keys). With ``finetune.eval_every`` > 0, the val L1 on the colour tiles
-of the packed val split (centre crops) is logged to ``<paths.metrics>/plots/val/<name>.csv``,
+section (its own ``finetune`` keys), and add colour terms (a classification head, a colourfulness
+weight, the adversarial weight: ``pipeline.colorizer.colour_objective``). With
+``finetune.eval_every`` > 0, the val L1 on the colour tiles of the packed val split (centre crops)
+is logged to ``<paths.metrics>/plots/val/<name>.csv``,
 ``finetuned.pt`` holds the best of them, and ``patience`` evaluations without improvement stop early.
 """
 
@@ -22,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed
+from pipeline import colorizer, distributed
 from pipeline.data import check_crop, packed_paths, read_packed
 from pipeline.fsio import read_csv, sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
-from pipeline.params import load_params, params_hash, seed_everything
-from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+from pipeline.params import load_params, params_hash, resolve_device, seed_everything
+from pipeline.train import Objective, Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
 
 PHASE = "finetune"
 
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
               "assumes none: set discriminator_kwargs norm: instance or none")
 
     read = phase_params(params, name, PHASE)
+    terms, colour = colorizer.colour_objective(entry, tiles, G, resolve_device(cfg.device), None)
     run = Run(name=name, phase=PHASE, G=G, D=D, color_space=entry["color_space"], images=tiles,
+              objective=Objective(**terms),
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
               csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv", val_images=val,
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                   card={"discriminator": d_card, "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
                         **({"gp_weight": cfg.gp_weight} if cfg.gan_loss == "wgan-gp" else {}),
                         "encoder_weights": meta.get("card", {}).get("encoder_weights"),
-                        "params": read, "data": data})
+                        "params": read, "data": data, **colour})
     if result["main"]:
         print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
               f"final {card['final_losses']}")

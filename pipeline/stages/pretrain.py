@@ -8,6 +8,10 @@ writes ``<paths.colorize_models>/<name>/pretrained.pt`` + ``pretrained.card.json
 Killed runs resume on rerun; ``train.nproc`` > 1 runs it under torchrun.
 The zoo entry names the generator, its ``generator_kwargs`` (widths, depth) and may override the
 ``pretrain`` section with its own ``pretrain`` keys (e.g. fewer steps for a CPU-sized run).
+``pretrain.data``: natural (the photos), astro (the colour train tiles of ``<paths.packed>``, grey
+input made from them) or both; ``pretrain.mono``: the fraction of samples whose grey input is one
+R, G or B channel alone (a single-filter image). The entry's colour terms (classification head,
+colourfulness weight: ``pipeline.colorizer.colour_objective``) apply here too.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import distributed
+from pipeline import colorizer, distributed
 from pipeline.data import load_rgb
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
-from pipeline.params import load_params, params_hash, seed_everything
-from pipeline.train import Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+from pipeline.params import load_params, params_hash, resolve_device, seed_everything
+from pipeline.stages.finetune import load_colour_tiles
+from pipeline.train import Objective, Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
 
 PHASE = "pretrain"
 
@@ -59,7 +64,20 @@ def main(argv: list[str] | None = None) -> None:
     paths, entry = params["paths"], zoo_entry(params, name)
     cfg = TrainConfig.from_params(params, PHASE, entry)  # the entry's "pretrain" keys override
     distributed.relaunch(cfg.nproc, __spec__.name, [name])
-    photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
+    section = {**params[PHASE], **(entry.get(PHASE) or {})}
+    source, mono = str(section.get("data", "natural")), float(section.get("mono", 0.0))
+    if source not in ("natural", "astro", "both"):
+        raise SystemExit(f"params.yaml: {PHASE}.data={source!r}; use natural, astro or both")
+    images, data = [], {"source": source, "mono": mono}
+    if source in ("natural", "both"):
+        photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
+        images += photos
+        data.update(manifest=str(manifest), manifest_sha256=sha256_file(manifest), photos=len(photos))
+    if source in ("astro", "both"):  # the astronomical train tiles, colour ones: grey inputs made from them
+        tiles, tile_facts = load_colour_tiles(Path(paths["packed"]), cfg.crop)
+        images += list(tiles.unbind(0))
+        data["astro"] = tile_facts
+    data["pixels_sha256"] = images_sha256(images)
 
     seed_everything(cfg.seed)
     weights = params["model"]["encoder_weights"]
@@ -72,17 +90,19 @@ def main(argv: list[str] | None = None) -> None:
                "reason": getattr(G, "encoder_weights_reason", None)}
 
     read = phase_params(params, name, PHASE)
-    data = {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest), "photos": len(photos),
-            "pixels_sha256": images_sha256(photos)}
-    run = Run(name=name, phase=PHASE, G=G, D=None, color_space=entry["color_space"], images=photos,
+    terms, colour = colorizer.colour_objective(entry, images, G, resolve_device(cfg.device), None)
+    space = entry["color_space"]
+    run = Run(name=name, phase=PHASE, G=G, D=None, color_space=space, images=images,
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
               csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
-              meta={"encoder_weights": encoder})
+              meta={"encoder_weights": encoder}, objective=Objective(**terms),
+              make_pair=(lambda rgb, gen: colorizer.make_pair(rgb, space, mono, gen)) if mono > 0 else None)
     result = fit(run, cfg)
     out = Path(paths["colorize_models"]) / name / "pretrained.pt"
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
-                  card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data})
+                  card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
+                        **colour})
     if result["main"]:
         print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
 

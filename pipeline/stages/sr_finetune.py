@@ -32,12 +32,12 @@ def objective(params: dict, device) -> tuple[Objective, dict]:
     pixel = str(s["pixel_loss"])
     pixel_loss_fn(pixel)
     vgg, record = superres.perceptual_loss(float(s["perceptual_weight"]), str(s["perceptual_layer"]))
-    extra = None
+    extras = ()
     if vgg is not None:
         vgg, w = vgg.to(device), record["used_weight"]
-        extra = ("loss_g_perceptual", lambda fake, y: w * vgg(fake, y))
+        extras = (("loss_g_perceptual", lambda fake, y, _x: w * vgg(fake, y)),)
     return Objective(conditional=False, pixel_loss=pixel, pixel_weight=1.0,
-                     adversarial_weight=float(s["adversarial_weight"]), extra=extra), record
+                     adversarial_weight=float(s["adversarial_weight"]), extras=extras), record
 
 
 def main(argv: list[str] | None = None) -> None:
