@@ -75,6 +75,7 @@ class TrainConfig:
     sync_batchnorm: str = "auto"     # auto (with > 1 CUDA process) | on | off
     data_on_device: str = "auto"     # auto (whole set on the GPU when it fits) | on | off (stream it)
     nproc: int = 1                   # processes (GPUs) per node; > 1 runs the stage under torchrun
+    time_limit_s: float = 0.0        # > 0: stop at the first log row past this many seconds of training
 
     @classmethod
     def from_params(cls, params: dict, phase: str, entry: dict | None = None) -> TrainConfig:
@@ -91,13 +92,13 @@ class TrainConfig:
                   patience=int(p.get("patience", 0)), epochs=int(p.get("epochs", 0)),
                   channels_last=_switch(t, "channels_last"), compile=_switch(t, "compile"),
                   sync_batchnorm=_switch(t, "sync_batchnorm"), data_on_device=_switch(t, "data_on_device"),
-                  nproc=int(t.get("nproc", 1)))
+                  nproc=int(t.get("nproc", 1)), time_limit_s=float(p.get("time_limit_s", 0) or 0))
         if cfg.nproc < 1:
             raise SystemExit(f"params.yaml: train.nproc must be >= 1, got {cfg.nproc}")
         for key in ("batch_size", "crop", "checkpoint_every", "log_every"):
             if getattr(cfg, key) < 1:
                 raise SystemExit(f"params.yaml: {phase}.{key} must be >= 1, got {getattr(cfg, key)}")
-        for key in ("steps", "eval_every", "patience", "epochs"):
+        for key in ("steps", "eval_every", "patience", "epochs", "time_limit_s"):
             if getattr(cfg, key) < 0:
                 raise SystemExit(f"params.yaml: {phase}.{key} must be >= 0, got {getattr(cfg, key)}")
         if cfg.precision not in ("auto", "fp32", "bf16"):
@@ -512,7 +513,7 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     mine = job.shard(cfg.batch_size)
     write = _writer(run, job)
     write(rows, best["rows"])  # at once replaces a stale log of an earlier run
-    step = start
+    step, time_limited = start, False
     t0 = time.perf_counter() - elapsed
     pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}", disable=not job.main)
     for step in range(start + 1, cfg.steps + 1):
@@ -533,9 +534,21 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
             stop = _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
             write(None, best["rows"])
         if stop or step % cfg.log_every == 0 or step == cfg.steps:  # a row: the mean since the last row
-            rows.append(log.row(step, job))
+            rows.append(log.row(step, job))  # syncs the device, so the clock below is honest
             write(rows, None)
             pbar.set_postfix({k: v for k, v in rows[-1].items() if k != "step"})
+            if cfg.time_limit_s > 0 and step < cfg.steps and not stop:
+                over = float(time.perf_counter() - t0 > cfg.time_limit_s)
+                if distributed.from_main(over, job, device):
+                    if job.main:
+                        print(f"{run.name} {run.phase}: time limit {cfg.time_limit_s:g} s reached at step "
+                              f"{step} of {cfg.steps}")
+                    time_limited = True
+                    if validate and best["step"] is None:  # keep a checkpoint choice: score this step
+                        v = val_l1(unwrap(G), val_images, cfg.crop, cfg.batch_size, pair, autocast)
+                        _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
+                        write(None, best["rows"])
+                    break
         if stop:
             if job.main:
                 print(f"{run.name} {run.phase}: early stop at step {step}, val L1 not better than "
@@ -558,7 +571,8 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
                       "eval_every": cfg.eval_every, "patience": cfg.patience}
     distributed.teardown()
     return {"rows": rows, "elapsed_s": round(time.perf_counter() - t0, 3), "started": started,
-            "device": device_name(device), "meta": meta, "steps_run": step, "validation": validation,
+            "device": device_name(device), "meta": meta, "steps_run": step, "time_limited": time_limited,
+            "validation": validation,
             "main": job.main, "processes": job.world, "feeding": feeder.mode,
             "compiled": resolved(cfg.compile, device), "channels_last": fmt == torch.channels_last}
 
@@ -573,6 +587,8 @@ def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: st
     card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs,
             "color_space": run.color_space, **card, "seed": cfg.seed, "steps": cfg.steps,
             "steps_run": steps_run, **({"validation": validation} if validation else {}),
+            **({"time_limit_s": cfg.time_limit_s, "time_limited": True}
+               if result.get("time_limited") else {}),
             "batch_size": cfg.batch_size, "crop": cfg.crop, "precision": cfg.precision,
             "wall_time_s": result["elapsed_s"],
             "seconds_per_step": round(result["elapsed_s"] / steps_run, 4) if steps_run else None,

@@ -299,3 +299,19 @@ def test_unet_entry_with_vgg_discriminator_and_wgan_through_both_stages(tmp_path
     G, meta = load_generator(root / "models/colorize/tiny_unet/finetuned.pt")
     assert meta["arch"] == "unet" and G(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
     assert yaml.safe_load((root / "params.yaml").read_text())["colorize"]["zoo"]["tiny_unet"]
+
+
+def test_time_limit_before_the_first_evaluation_still_chooses_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """Stopped by finetune.time_limit_s at step 2, before its first val evaluation (every 5 steps):
+    that step is scored, so finetuned.pt and its validation record exist."""
+    run = val_project(tmp_path / "run", _with(PARAMS, steps=20, eval_every=5, log_every=2, time_limit_s=1e-6))
+    _use(run, monkeypatch)
+    pretrain.main(["tiny"])
+    finetune.main(["tiny"])
+    assert "time limit 1e-06 s reached at step 2 of 20" in capsys.readouterr().out
+    out = run / "models/colorize/tiny/finetuned.pt"
+    card = json.loads(out.with_suffix(".card.json").read_text())
+    assert card["steps_run"] == 2 and card["time_limited"] is True
+    assert card["validation"]["best_step"] == 2 and card["validation"]["evaluations"] == 1
+    assert load_generator(out)[1]["step"] == 2
+    assert [r["step"] for r in _read_csv(run / "metrics/plots/val/tiny.csv")] == ["2"]

@@ -340,3 +340,21 @@ def test_rgb_model_trains_through_both_phases(project):
     finetune.main(["tiny_rgb"])
     G, meta = load_generator(project / "models/colorize/tiny_rgb/finetuned.pt")
     assert meta["color_space"] == "rgb" and G(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_time_limit_stops_at_a_log_row_and_the_card_says_so(project, capsys):
+    params = copy.deepcopy(PARAMS)
+    params["pretrain"].update(steps=50, log_every=2, time_limit_s=1e-6)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main([NAME])
+    assert "time limit 1e-06 s reached at step 2 of 50" in capsys.readouterr().out
+    G, meta = load_generator(project / "models" / "colorize" / NAME / "pretrained.pt")
+    card = meta["card"]
+    assert meta["step"] == 2 and card["steps_run"] == 2 and card["steps"] == 50
+    assert card["time_limited"] is True and card["time_limit_s"] == 1e-6
+    rows = _read_csv(project / "metrics" / "plots" / "pretrain" / f"{NAME}.csv")
+    assert [r["step"] for r in rows] == ["2"]
+    params["pretrain"]["time_limit_s"] = -1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match="pretrain.time_limit_s must be >= 0"):
+        pretrain.main([NAME])

@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                   card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
                         **colour})
     if result["main"]:
-        print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+              f"final {card['final_losses']}")
 
 
 if __name__ == "__main__":

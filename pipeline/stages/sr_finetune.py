@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                         "adversarial_weight": obj.adversarial_weight, "perceptual_loss": perceptual,
                         "params": read, "data": data})
     if result["main"]:
-        print(f"{out}: {cfg.steps} steps in {card['wall_time_s']:.1f} s; final {card['final_losses']}")
+        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+              f"final {card['final_losses']}")
 
 
 if __name__ == "__main__":
