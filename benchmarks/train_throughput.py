@@ -227,6 +227,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; quick 1)")
     p.add_argument("--fid-batch", type=int, default=50)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-fid", action="store_true", help="skip the InceptionV3 feature benchmark")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
@@ -242,20 +243,36 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     tiles, source = tiles_from(args)
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    results = [bench_model(e, tiles, args, device) for e in PAPER if e[0] in args.models]
-    fid = bench_fid(args, device)
-    ref = next((r for r in results if r["model"] == "resnet18_lab"), None)
-    epoch = ({"train_tiles": len(tiles), "seconds": round(len(tiles) / ref["real_img_per_s"], 2)}
-             if ref else None)
     out = args.out or str(ROOT / f"benchmarks/results/train_throughput{'_quick' if args.quick else ''}.json")
-    write_json_atomic(out, {
+    report = {
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda, "python":
-        platform.python_version(), "quick": args.quick, "data": source, "precision": args.precision,
-        "channels_last": args.channels_last, "compile": args.compile, "fused_adam": cuda,
-        "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "results": results, "fid_features": fid, "epoch_resnet18_lab": epoch})
+        platform.python_version(), "quick": args.quick, "data": source, "train_tiles": len(tiles),
+        "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+        "fused_adam": cuda, "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "results": [], "errors": [], "fid_features": None, "epoch_resnet18_lab": None}
+
+    def save() -> None:  # after every model: a run cut short (a device lease) keeps what it measured
+        report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        ref = next((r for r in report["results"] if r["model"] == "resnet18_lab"), None)
+        report["epoch_resnet18_lab"] = ({"train_tiles": len(tiles), "seconds": round(
+            len(tiles) / ref["real_img_per_s"], 2)} if ref else None)
+        write_json_atomic(out, report)
+
+    for entry in (e for e in PAPER if e[0] in args.models):
+        try:
+            report["results"].append(bench_model(entry, tiles, args, device))
+        except Exception as e:  # noqa: BLE001 - one model's failure (compile, memory) must not lose the rest
+            if args.quick:
+                raise
+            report["errors"].append({"model": entry[0], "error": f"{type(e).__name__}: {e}"[:2000]})
+            print(f"{entry[0]}: FAILED {type(e).__name__}: {e}", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+        save()
+    if not args.no_fid:
+        report["fid_features"] = bench_fid(args, device)
+    save()
     print(f"wrote {out}")
 
 
