@@ -120,3 +120,19 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.rand(1, 1, 32, 48)
     with torch.no_grad():
         assert torch.equal(G.eval()(x), H(x))
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 4), (16, 16)])
+def test_decoder_upsample_equals_bilinear_interpolate_forward_and_backward(fmt, hw):
+    from pipeline.models.resnet_unet import upsample2x_bilinear
+
+    x = torch.randn(2, 5, *hw, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    out = upsample2x_bilinear(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-12)
+    grad = torch.randn_like(ref)
+    (g_ref,), (g_out,) = torch.autograd.grad(ref, x, grad), torch.autograd.grad(out, x, grad)
+    assert torch.allclose(g_out, g_ref, atol=1e-12)
+    if fmt == torch.channels_last and hw != (1, 4):
+        assert out.is_contiguous(memory_format=torch.channels_last)

@@ -63,16 +63,39 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+def _up2_dim(v: torch.Tensor, d: int) -> torch.Tensor:
+    """x2 linear upsampling of dim ``d`` (half-pixel centres, edges replicated): out[2i] = x[i-1]/4 +
+    3x[i]/4, out[2i+1] = 3x[i]/4 + x[i+1]/4."""
+    n = v.shape[d]
+    prev = torch.cat([v.narrow(d, 0, 1), v.narrow(d, 0, n - 1)], d)
+    nxt = torch.cat([v.narrow(d, 1, n - 1), v.narrow(d, n - 1, 1)], d)
+    return torch.stack([0.25 * prev + 0.75 * v, 0.75 * v + 0.25 * nxt], d + 1).flatten(d, d + 1)
+
+
+def upsample2x_bilinear(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``, the same numbers
+    (to rounding), as shifted slices and weighted sums, in the input's memory format.
+
+    Why not the library call: its backward is a scatter-add (atomics into the input gradient), and
+    on an H200 the compiled pix2pix step spent about 40 % of its GPU time in the upsampling of this
+    decoder, most of it in that backward (``benchmarks/results/gan_step_profile_h200.json``). Here the
+    backward is slices and sums as well, which fuse into a few memory-bound kernels."""
+    nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if nhwc:  # work on the NHWC view, so the result is channels_last too
+        v = x.permute(0, 2, 3, 1)
+        return _up2_dim(_up2_dim(v, 1), 2).permute(0, 3, 1, 2)
+    return _up2_dim(_up2_dim(x, 2), 3)
+
+
 class UpBlock(nn.Module):
     """x2 bilinear upsample, concat the skip, two conv3x3-BN-ReLU: (N, cin, h, w) -> (N, cout, 2h, 2w)."""
 
     def __init__(self, cin: int, cskip: int, cout: int):
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv = nn.Sequential(_conv_bn_relu(cin + cskip, cout), _conv_bn_relu(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+        return self.conv(torch.cat([upsample2x_bilinear(x), skip], dim=1))
 
 
 class ResNet18UNet(nn.Module):
