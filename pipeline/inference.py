@@ -106,6 +106,10 @@ def default_model(project: Path, task: str) -> tuple[Path, str]:
         beats = value < baseline if better is min else value > baseline
         ref = "the grey baseline (a*b = 0)" if task == "colorize" else "bicubic"
         why += f"; {'beats' if beats else 'does NOT beat'} {ref} at {baseline:g}"
+        at = metrics[name].get(f"{phase}_val_strength")
+        if task == "colorize" and isinstance(at, dict) and at.get(key) is not None:
+            verdict = "beats" if at[key] < baseline else "does NOT beat"
+            why += f"; at its val-chosen strength {at.get('strength'):g}: {key} {at[key]:g}, {verdict} it"
     return models / name / f"{phase}.pt", why
 
 

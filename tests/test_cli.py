@@ -317,11 +317,14 @@ def test_colorize_strength_defaults_to_the_one_chosen_on_val(proj, tmp_path, cap
     project = tmp_path / "p"
     shutil.copytree(proj, project)
     metrics = json.loads((project / "metrics/colorization.json").read_text())
-    metrics["tiny"]["finetuned_val_strength"] = {"strength": 0.0, "ab_l1": 8.0}
+    metrics["tiny"]["finetuned_val_strength"] = {"strength": 0.0, "ab_l1": 7.5}
     (project / "metrics/colorization.json").write_text(json.dumps(metrics))
     src = save(tmp_path / "in.png", (skdata.astronaut()[:64, :64]))
     assert cli.main(["colorize", str(src), "-o", str(tmp_path / "a.png"), "--project", str(project)]) == 0
-    assert "strength 0 (chosen on the val tiles" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "strength 0 (chosen on the val tiles" in err
+    assert ("does NOT beat the grey baseline (a*b = 0) at 8; at its val-chosen strength 0: ab_l1 7.5, "
+            "beats it") in err
     out = np.asarray(Image.open(tmp_path / "a.png")).astype(int)
     assert np.abs(out[..., 0] - out[..., 1]).max() <= 2 and np.abs(out[..., 1] - out[..., 2]).max() <= 2
     assert cli.main(["colorize", str(src), "-o", str(tmp_path / "b.png"), "--project", str(project),
