@@ -161,20 +161,33 @@ def class_loss(logits: torch.Tensor, ab_true: torch.Tensor, centres: torch.Tenso
     return ce.mean()
 
 
+CHUNK_ELEMENTS = 1 << 24  # inference decodes at most this many logits at once (64 MiB of float32)
+
+
 def annealed_mean(logits: torch.Tensor, centres: torch.Tensor, T: float = 0.38) -> torch.Tensor:
     """Zhang's point estimate H(Z) (eq. 5): a*b (N, 2, H, W) float32 in CIE units.
 
     f_T(z) = exp(log z / T) / sum_q exp(log z_q / T) with z = softmax(logits) is softmax(logits / T);
     the output is its expectation of the centres. T = 1: the mean; T = 0: the centre of the argmax
-    (the mode), taken explicitly. Differentiable for T > 0.
+    (the mode), taken explicitly. Differentiable for T > 0. Logits that need no gradient are decoded
+    in row blocks of at most ``CHUNK_ELEMENTS`` (the same numbers, bounded temporaries).
     """
     if T < 0:
         raise ValueError(f"temperature must be >= 0, got {T}")
     c = centres.to(device=logits.device, dtype=torch.float32)
     if T == 0:
         return c[logits.argmax(dim=1)].permute(0, 3, 1, 2)
-    probs = torch.softmax(logits.float() / T, dim=1)
-    return torch.einsum("nqhw,qc->nchw", probs, c)
+    n, q, h, w = logits.shape
+    rows = h if logits.requires_grad else max(1, CHUNK_ELEMENTS // max(1, n * q * w))
+    if rows >= h:
+        return torch.einsum("nqhw,qc->nchw", torch.softmax(logits.float() / T, dim=1), c)
+    # Inference: a few rows at a time, so the float32 temporaries (each as big as the logits, Q
+    # channels) stay small; every pixel's softmax is its own, so the result is the same.
+    out = logits.new_empty((n, 2, h, w), dtype=torch.float32)
+    for y in range(0, h, rows):
+        part = torch.softmax(logits[:, :, y:y + rows].float() / T, dim=1)
+        out[:, :, y:y + rows] = torch.einsum("nqhw,qc->nchw", part, c)
+    return out
 
 
 def colourfulness_loss(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, scale: float = 100.0,

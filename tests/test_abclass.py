@@ -210,3 +210,12 @@ def test_chain_on_cuda_matches_cpu():
            abclass.annealed_mean(logits.to(dev), cc))
     assert torch.allclose(p, abclass.empirical_prior(ab.to(dev), cc).cpu())
     assert torch.allclose(cpu[0], gpu[0].cpu(), rtol=1e-2) and torch.allclose(cpu[1], gpu[1].cpu(), atol=1e-3)
+
+
+def test_annealed_mean_of_logits_without_grad_is_decoded_in_row_blocks_with_the_same_result(monkeypatch):
+    logits = torch.randn(2, 261, 9, 5)
+    c = abclass.ab_bins()
+    whole = abclass.annealed_mean(logits.clone().requires_grad_(), c).detach()  # one block: needs grad
+    monkeypatch.setattr(abclass, "CHUNK_ELEMENTS", 2 * 261 * 5 * 2)  # two rows at a time
+    blocks = abclass.annealed_mean(logits, c)
+    assert blocks.shape == (2, 2, 9, 5) and torch.allclose(blocks, whole, atol=1e-5)
