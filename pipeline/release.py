@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline import colorizer, superres, weights
-from pipeline.data import load_rgb
+from pipeline.data import load_rgb, read_packed
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.sources.embedded import VENDORED
 from pipeline.stages.split import choose_test_images
@@ -70,19 +70,42 @@ def evaluate_superres(model: torch.nn.Module, tiles: torch.Tensor, scale: int = 
 
 
 @torch.no_grad()
-def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Tensor, batch: int = 8) -> dict:
-    per = {"model": [], "grey": []}
+def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Tensor, batch: int = 8,
+                      strength: float = 1.0) -> dict:
+    """a*b L1/L2, RGB PSNR and colourfulness of the release (and of grey) on ``tiles``; with a
+    ``strength`` other than 1, also the release's at that a*b scale (``<key>_at_strength``)."""
+    per = {"model": [], "grey": [], "scaled": []}
     truth = []
     for i in range(0, len(tiles), batch):
         rgb = tiles[i:i + batch].float().div(255.0)
-        per["model"].append(colorization_tile_metrics(colorizer.colorize_batch(model, rgb, color_space), rgb))
+        out = colorizer.colorize_batch(model, rgb, color_space)
+        per["model"].append(colorization_tile_metrics(out, rgb))
         per["grey"].append(colorization_tile_metrics(colorizer.grey_baseline(rgb), rgb))
+        if strength != 1.0:
+            per["scaled"].append(colorization_tile_metrics(colorizer.scale_ab(out, rgb, strength), rgb))
         truth.append(colourfulness(rgb * 255.0))
     m, g = mean_over_tiles(per["model"]), mean_over_tiles(per["grey"])
     keys = ("ab_l1", "ab_l2", "psnr", "colourfulness")
+    at = {}
+    if strength != 1.0:
+        s = mean_over_tiles(per["scaled"])
+        at = {"strength": strength, **{f"{k}_at_strength": s[k] for k in keys},
+              "ab_l1_vs_grey_at_strength": s["ab_l1"] / g["ab_l1"]}
     return _round({**{k: m[k] for k in keys}, **{f"grey_{k}": g[k] for k in keys if k != "colourfulness"},
                    "truth_colourfulness": torch.cat(truth).double().mean(),
-                   "ab_l1_vs_grey": m["ab_l1"] / g["ab_l1"], "tiles": len(tiles)})
+                   "ab_l1_vs_grey": m["ab_l1"] / g["ab_l1"], "tiles": len(tiles), **at})
+
+
+@torch.no_grad()
+def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor,
+                            strengths: tuple[float, ...], max_tiles: int = 256) -> tuple[float, dict]:
+    """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8), as the
+    evaluate stage chooses it for the project's models; and each strength's val a*b L1."""
+    from pipeline.stages.evaluate import choose_strength
+
+    idx = torch.linspace(0, len(val) - 1, min(max_tiles, len(val))).round().long().unique()
+    return choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space), val[idx],
+                           strengths, 8, torch.device("cpu"))
 
 
 def evaluate(name: str) -> dict:
@@ -91,7 +114,34 @@ def evaluate(name: str) -> dict:
     tiles, _ = default_test_tiles()
     if meta["card"].get("task") == "superres":
         return evaluate_superres(model, tiles, int(meta["card"].get("scale", 4)))
-    return evaluate_colorize(model, meta["color_space"], tiles)
+    strength = float((meta["card"].get("release") or {}).get("strength", 1.0))
+    return evaluate_colorize(model, meta["color_space"], tiles, strength=strength)
+
+
+def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
+    """Choose colorize release ``name``'s default a*b strength on the val split of its release run
+    (``packed``: that run's pack stage output), score it on that run's test split and on
+    ``default_test``, and record all of it in the registry entry (the weights file is unchanged)."""
+    model, meta = weights.load_release(name)
+    if meta["card"].get("task") != "colorize":
+        raise weights.ReleaseError(f"release {name}: a strength is for colorize releases")
+    space = meta["color_space"]
+    val, _ = read_packed(packed, "val", colour_only=True)
+    test, rows = read_packed(packed, "test", colour_only=True)
+    if not len(val) or not len(test):
+        raise weights.ReleaseError(f"{packed}: no colour val or test tiles to choose and score a strength on")
+    strength, per = choose_release_strength(model, space, val, strengths)
+    run = evaluate_colorize(model, space, test, strength=float(strength))
+    run["images"] = len({r["image_id"] for r in rows})
+    reg = weights.registry()
+    entry = reg["models"][name]
+    entry["strength"] = float(strength)
+    entry["strength_chosen_on"] = {"val_tiles": min(256, len(val)), "val_ab_l1_by_strength": per}
+    entry["metrics"]["release_run_test"] = run
+    weights.write_registry(reg)
+    entry["metrics"]["default_test"] = evaluate(name)  # reads the strength just recorded
+    weights.write_registry(reg)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,9 +160,18 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--default", action="store_true")
     v = sub.add_parser("evaluate", help="re-evaluate a release on the default test tiles")
     v.add_argument("name")
+    st = sub.add_parser("strength", help="choose a colorize release's default strength on its run's val "
+                        "split")
+    st.add_argument("name")
+    st.add_argument("packed", help="the release run's pack stage output (val.npy, test.npy)")
+    st.add_argument("--strengths", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
     args = ap.parse_args(argv)
     if args.cmd == "evaluate":
         print(json.dumps(evaluate(args.name), indent=2))
+        return
+    if args.cmd == "strength":
+        entry = set_strength(args.name, Path(args.packed), tuple(args.strengths))
+        print(json.dumps({k: entry[k] for k in ("strength", "strength_chosen_on", "metrics")}, indent=2))
         return
     extra = {"command": args.command, "reproducible": args.reproducible, "data": json.loads(args.data),
              "default": args.default, "metrics": {}}

@@ -90,6 +90,11 @@ def registry(weights_dir: str | os.PathLike | None = None) -> dict:
     return reg
 
 
+def write_registry(reg: dict, weights_dir: str | os.PathLike | None = None) -> None:
+    """Write ``reg`` as the registry of ``weights_dir`` (atomically)."""
+    write_json_atomic(_folder(weights_dir) / REGISTRY, reg)
+
+
 def default_release(task: str, weights_dir: str | os.PathLike | None = None) -> str | None:
     """The release marked ``"default": true`` for ``task``, else its only one, else None."""
     models = {n: e for n, e in registry(weights_dir)["models"].items() if e.get("task") == task}
@@ -134,7 +139,7 @@ def export(checkpoint_path: str | os.PathLike, name: str, weights_dir: str | os.
                 other["default"] = False
     reg["models"][name] = entry
     reg["models"] = dict(sorted(reg["models"].items()))
-    write_json_atomic(folder / REGISTRY, reg)
+    write_registry(reg, folder)
     return entry
 
 

@@ -95,3 +95,47 @@ def test_upscale_of_a_512_px_hubble_image_writes_2048_px(tmp_path, monkeypatch):
     assert out.shape == (2048, 2048, 3)
     assert np.abs(out.mean((0, 1)) - bic.mean((0, 1))).max() < 1.0
     assert _psnr(out, bic) > 30  # the detail it adds is small next to the image itself
+
+
+def test_a_colorize_release_strength_is_chosen_on_val_recorded_and_used_by_default(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """`python -m pipeline.release strength NAME PACKED`: the strength with the lowest val a*b L1 goes
+    into the registry with its scores; evaluate() then scores it too, and colorize defaults to it."""
+    from pipeline.data import PACKED_COLUMNS
+    from pipeline.fsio import write_csv_atomic
+
+    name = next((n for n, e in REGISTRY.items() if e["task"] == "colorize"), None)
+    if name is None:
+        pytest.skip("no colorize release")
+    folder = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", folder)
+    monkeypatch.setenv("ASTROGAN_WEIGHTS", str(folder))
+    tiles = _small_tiles()
+    monkeypatch.setattr(release, "default_test_tiles", lambda: (tiles[:2], ["a", "b"]))  # small and quick
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for split, part in (("val", tiles[:3]), ("test", tiles[3:6])):
+        np.save(packed / f"{split}.npy", part.numpy())
+        rows = [{"row": i, "tile_id": f"{split}{i}", "image_id": f"im{i}", "grey": "0"}
+                for i in range(len(part))]
+        write_csv_atomic(packed / f"{split}.csv", rows, PACKED_COLUMNS)
+    entry = release.set_strength(name, packed, (0.0, 0.5, 1.0))
+    per = entry["strength_chosen_on"]["val_ab_l1_by_strength"]
+    assert entry["strength"] == float(min(per, key=per.get)) and entry["strength_chosen_on"]["val_tiles"] == 3
+    assert weights.registry(folder)["models"][name]["strength"] == entry["strength"]
+    run = entry["metrics"]["release_run_test"]
+    assert run["tiles"] == 3 and run["images"] == 3
+    if entry["strength"] != 1.0:
+        assert run["strength"] == entry["strength"] and "ab_l1_at_strength" in run
+    assert release.evaluate(name) == entry["metrics"]["default_test"]
+    src = tmp_path / "in.png"
+    Image.fromarray(tiles[0].permute(1, 2, 0).numpy()).save(src)
+    assert cli(["colorize", str(src), "-o", str(tmp_path / "out.png"), "--model", f"release:{name}"]) == 0
+    err = capsys.readouterr().err
+    assert f"strength {entry['strength']:g} (chosen on the val tiles of its release run)" in err
+
+
+def _small_tiles() -> torch.Tensor:
+    """Six 64 px crops of the default test tiles (what the release test re-evaluation uses, smaller)."""
+    full, _ = release.default_test_tiles()
+    return full[:6, :, 96:160, 96:160].contiguous()
