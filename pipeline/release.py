@@ -101,11 +101,10 @@ def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch
                             strengths: tuple[float, ...], max_tiles: int = 256) -> tuple[float, dict]:
     """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8), as the
     evaluate stage chooses it for the project's models; and each strength's val a*b L1."""
-    from pipeline.stages.evaluate import choose_strength
+    from pipeline.stages.evaluate import choose_strength, spread
 
-    idx = torch.linspace(0, len(val) - 1, min(max_tiles, len(val))).round().long().unique()
-    return choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space), val[idx],
-                           strengths, 8, torch.device("cpu"))
+    return choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
+                           spread(val, max_tiles), strengths, 8, torch.device("cpu"))
 
 
 def evaluate(name: str) -> dict:
@@ -138,8 +137,8 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     entry["strength"] = float(strength)
     entry["strength_chosen_on"] = {"val_tiles": min(256, len(val)), "val_ab_l1_by_strength": per}
     entry["metrics"]["release_run_test"] = run
-    weights.write_registry(reg)
-    entry["metrics"]["default_test"] = evaluate(name)  # reads the strength just recorded
+    entry["metrics"]["default_test"] = evaluate_colorize(model, space, default_test_tiles()[0],
+                                                         strength=float(strength))  # = evaluate(name) now
     weights.write_registry(reg)
     return entry
 

@@ -111,6 +111,13 @@ def score(tiles: torch.Tensor, predictors: dict[Key, Callable], cfg: EvalConfig,
     return results, {k: torch.cat(v) for k, v in grid.items()}, float(torch.cat(truth_colour).mean())
 
 
+def spread(tiles, n: int):
+    """At most ``n`` of ``tiles``, evenly spread over them (so over the val images, in split order)."""
+    if len(tiles) <= n:
+        return tiles
+    return tiles[torch.linspace(0, len(tiles) - 1, n).long()]
+
+
 @torch.no_grad()
 def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
                     device: torch.device) -> tuple[float, dict[str, float]]:
@@ -165,8 +172,7 @@ def main() -> None:
     predictors = load_predictors(params, device)
     chosen, derived = {}, {}
     val, _ = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
-    if len(val) > cfg.val_max_tiles:  # evenly spread over the val images
-        val = val[torch.linspace(0, len(val) - 1, cfg.val_max_tiles).long()]
+    val = spread(val, cfg.val_max_tiles)
     for key in [k for k in predictors if k != GREY and len(val)]:
         chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device)
         derived[(key[0], f"{key[1]}_val_strength")] = (key, chosen[key][0])
