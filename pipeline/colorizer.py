@@ -93,7 +93,7 @@ def colour_objective(entry: dict, images, G: torch.nn.Module, device: torch.devi
         weights = abclass.rebalance_weights(prior, float(head.get("lam", 0.5))).float().to(device)
         w, k, sigma = float(head.get("weight", 1.0)), int(head.get("k", 5)), float(head.get("sigma", 5.0))
         extras.append(("loss_g_class", lambda fake, y, x: w * abclass.class_loss(
-            G.last_logits, color.denormalize_ab(y), centres, weights, k=k, sigma=sigma)))
+            G.last_logits, _at(color.denormalize_ab(y), G.last_logits), centres, weights, k=k, sigma=sigma)))
         pixel_weight = float(entry.get("pixel_weight", 0.0))
         top = prior.topk(3)
         record["classification"] = {"bins": len(centres), "lam": head.get("lam", 0.5), "weight": w,
@@ -108,6 +108,13 @@ def colour_objective(entry: dict, images, G: torch.nn.Module, device: torch.devi
     kwargs = {"extras": tuple(extras), "adversarial_weight": float(entry.get("adversarial_weight", 1.0)),
               "pixel_weight": pixel_weight}
     return kwargs, record
+
+
+def _at(ab: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The true a*b at the logits' resolution: area-averaged when a ``factor`` > 1 classifier
+    predicts at a fraction of the input's size (Zhang et al. downsample the ground truth so)."""
+    size = tuple(logits.shape[-2:])
+    return ab if tuple(ab.shape[-2:]) == size else torch.nn.functional.adaptive_avg_pool2d(ab, size)
 
 
 def _ab_samples(images, limit: int = 400, stride: int = 4):

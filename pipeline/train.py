@@ -478,6 +478,16 @@ def _writer(run: Run, job: distributed.Dist) -> Callable[[list | None, list | No
     return write
 
 
+def _check_input(G: nn.Module, x: torch.Tensor, crop: int, run: Run) -> None:
+    """Stop with one line when the crops do not fit the generator's ``input_multiple`` (e.g. a
+    ``factor`` 4 ResNet-18 U-Net needs multiples of 64 px)."""
+    m = int(getattr(G, "input_multiple", 1) or 1)
+    if x.shape[-1] % m or x.shape[-2] % m:
+        raise SystemExit(f"params.yaml: the {crop} px crop of {run.name} ({run.phase}) is not a multiple of "
+                         f"{m}, its generator's input multiple; set {run.phase}.crop (or the zoo entry's "
+                         f"{run.phase}.crop) to a multiple of {m}")
+
+
 def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     """Train ``run.G`` (and ``run.D``) for ``cfg.steps`` steps, continuing from ``run.resume_path`` when
     its hash matches. Returns {"rows", "elapsed_s", "started", "device", "meta", ...}; models stay on
@@ -519,6 +529,8 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     for step in range(start + 1, cfg.steps + 1):
         rgb = feeder.next(cfg.batch_size, cfg.crop, gen).float().div_(255.0)
         x, y = (t[mine].contiguous(memory_format=fmt) for t in pair(rgb, aux))  # this rank's rows
+        if step == start + 1:
+            _check_input(unwrap(G), x, cfg.crop, run)
         if D is None:
             losses = l1_step(G, opt_g, x, y, autocast, obj.pixel_loss,
                              1.0 if obj.pixel_weight is None else obj.pixel_weight, obj.extras)

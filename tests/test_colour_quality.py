@@ -8,10 +8,13 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from pipeline import abclass, color, colorizer
 from pipeline.models import load_generator
 from pipeline.models.ab_classifier import ABClassifier
+from pipeline.models.patchgan import PatchGAN
+from pipeline.models.resnet_unet import ResNet18UNet
 from pipeline.stages import finetune, pretrain
 from tests.test_train import PARAMS, _read_csv, write_project
 
@@ -97,3 +100,68 @@ def test_astro_pretraining_reads_the_packed_colour_tiles(cls_project):
     card = json.loads((cls_project / "models/colorize/astro/pretrained.card.json").read_text())
     assert card["data"]["source"] == "astro" and card["data"]["mono"] == 0.5
     assert card["data"]["astro"]["tiles"] == 3 and "photos" not in card["data"]  # 4 tiles, 1 grey
+
+
+# --- colour at a fraction of the resolution (generator_kwargs.factor) --------------------------------
+
+def test_factor_generators_see_the_pooled_input_and_upsample_their_colour():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 128, 128) * 2 - 1
+    G = ResNet18UNet(factor=4).eval()
+    assert G.input_multiple == 64
+    with torch.no_grad():
+        out = G(x)
+        low = G.body(torch.nn.functional.avg_pool2d(x, 4))
+    assert out.shape == (2, 2, 128, 128) and low.shape == (2, 2, 32, 32)
+    assert torch.allclose(out, torch.nn.functional.interpolate(low, size=(128, 128), mode="bilinear"))
+    with pytest.raises(AssertionError, match="divisible by 64"):
+        G(torch.zeros(1, 1, 96, 96))
+    C = ABClassifier(factor=4, T=0.38).train()
+    ab = C(x)
+    assert C.input_multiple == 64 and ab.shape == (2, 2, 128, 128) and C.last_logits.shape == (2, 261, 32, 32)
+    want = abclass.annealed_mean(C.last_logits.float(), C.centres, 0.38) / color.AB_SCALE
+    assert torch.allclose(ab, torch.nn.functional.interpolate(want, size=(128, 128), mode="bilinear"))
+    # the classification target is the true a*b area-averaged to the logits' grid
+    y = torch.zeros(1, 2, 8, 8)
+    y[..., :4, :] = 40.0
+    want = torch.tensor([[40.0, 40.0], [0.0, 0.0]]).expand(1, 2, 2, 2)
+    assert torch.equal(colorizer._at(y, torch.zeros(1, 261, 2, 2)), want)
+    assert colorizer._at(y, torch.zeros(1, 261, 8, 8)) is y
+    with pytest.raises(ValueError, match="factor"):
+        ResNet18UNet(factor=0)
+
+
+def test_patchgan_downsample_judges_the_pooled_pair():
+    torch.manual_seed(0)
+    D4 = PatchGAN(in_channels=3, ndf=8, downsample=4).eval()
+    D1 = PatchGAN(in_channels=3, ndf=8).eval()
+    D1.load_state_dict(D4.state_dict())
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(D4(x), D1(torch.nn.functional.avg_pool2d(x, 4)))
+
+
+def test_factor_entries_train_through_both_stages_and_a_bad_crop_says_so(cls_project, monkeypatch):
+    params = yaml.safe_load((cls_project / "params.yaml").read_text())
+    zoo = params["colorize"]["zoo"]
+    zoo["low"] = {"generator": "resnet18_unet", "generator_kwargs": {"factor": 2}, "color_space": "lab",
+                  "discriminator": "patchgan",
+                  "discriminator_kwargs": {"ndf": 8, "downsample": 2, "n_layers": 2}}
+    zoo["low_cls"] = {**CLS, "generator_kwargs": {"backbone": "resnet18_unet", "T": 0.38, "factor": 2},
+                      "colourfulness_weight": 0.0}
+    zoo["too_coarse"] = {"generator": "resnet18_unet", "generator_kwargs": {"factor": 4},
+                         "color_space": "lab", "discriminator": "patchgan"}
+    (cls_project / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("low", "low_cls"):
+        pretrain.main([name])
+        finetune.main([name])
+        G, meta = load_generator(cls_project / f"models/colorize/{name}/finetuned.pt")
+        assert meta["arch_kwargs"]["factor"] == 2 and G.input_multiple == 32
+        out = colorizer.colorize_batch(G, torch.rand(1, 3, 64, 64), "lab")
+        assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    rows = _read_csv(cls_project / "metrics/plots/finetune/low_cls.csv")
+    assert all(float(r["loss_g_class"]) > 0 for r in rows)
+    card = json.loads((cls_project / "models/colorize/low/finetuned.card.json").read_text())
+    assert card["discriminator"]["kwargs"]["downsample"] == 2
+    with pytest.raises(SystemExit, match="32 px crop of too_coarse .pretrain. is not a multiple of 64"):
+        pretrain.main(["too_coarse"])

@@ -15,21 +15,27 @@ import sys
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.abclass import ab_bins, annealed_mean
 from pipeline.color import AB_SCALE
+from pipeline.models.resnet_unet import upsample_to
 
 
 class ABClassifier(nn.Module):
     """Args (keyword-only, JSON-able): backbone (a generator name), backbone_kwargs, T (annealing
     temperature of the decoded output), grid (bin side in a*b units), in_channels, encoder_weights
-    (passed to the backbone); out_channels is accepted for the shared interface and ignored (the
-    output is a*b / 110, 2 channels)."""
+    (passed to the backbone), factor (1, or the pooling of the input: the bins are classified at
+    1/factor resolution, as Zhang et al. do at 1/4, and the decoded a*b upsampled bilinearly to the
+    input's size; ``last_logits`` stay at 1/factor); out_channels is accepted for the shared
+    interface and ignored (the output is a*b / 110, 2 channels)."""
 
     def __init__(self, *, backbone: str = "resnet18_unet", backbone_kwargs: dict | None = None,
                  T: float = 0.38, grid: float = 10.0, in_channels: int = 1,
-                 encoder_weights: str | None = None, out_channels: int = 2):
+                 encoder_weights: str | None = None, out_channels: int = 2, factor: int = 1):
         super().__init__()
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"factor={factor!r}; use an integer >= 1")
         from pipeline.models import generator_class
 
         centres = ab_bins(grid)
@@ -41,16 +47,20 @@ class ABClassifier(nn.Module):
         self.register_buffer("centres", centres)
         self.T, self.in_channels, self.out_channels = float(T), in_channels, 2
         module = sys.modules[type(self.net).__module__]
-        self.input_multiple = getattr(self.net, "input_multiple", None) or getattr(module, "STRIDE", 1)
+        self.factor = int(factor)
+        self.input_multiple = self.factor * (getattr(self.net, "input_multiple", None)
+                                             or getattr(module, "STRIDE", 1))
         self.encoder_weights_used = getattr(self.net, "encoder_weights_used", "random")
         self.encoder_weights_reason = getattr(self.net, "encoder_weights_reason", "not requested")
         self.last_logits: torch.Tensor | None = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Per-bin logits (N, Q, H / factor, W / factor)."""
+        return self.net(F.avg_pool2d(x, self.factor) if self.factor > 1 else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
+        logits = self.logits(x)
         if self.training:
             self.last_logits = logits
-        return annealed_mean(logits.float(), self.centres, self.T) / AB_SCALE
+        ab = annealed_mean(logits.float(), self.centres, self.T) / AB_SCALE
+        return upsample_to(ab, tuple(x.shape[-2:])) if self.factor > 1 else ab

@@ -19,12 +19,18 @@ class PatchGAN(nn.Module):
     width (at most 8 * ndf); one stride-1 block; a final stride-1 conv to 1 channel of logits.
 
     Args (keyword-only): in_channels (required), ndf=64 (first layer width), n_layers=3 (3 gives the
-    70x70 receptive field), norm="batch" ("batch" | "instance" | "none").
+    70x70 receptive field), norm="batch" ("batch" | "instance" | "none"), downsample=1 (average-pool
+    the input by this factor first: a D that judges at the resolution of a ``factor`` colorizer, whose
+    a*b carry nothing finer; 1/downsample^2 of the cost).
     Weights are initialised N(0, 0.02) (norm scales N(1, 0.02)), as in pix2pix.
     """
 
-    def __init__(self, *, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch"):
+    def __init__(self, *, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
+                 downsample: int = 1):
         super().__init__()
+        if int(downsample) != downsample or downsample < 1:
+            raise ValueError(f"downsample={downsample!r}; use an integer >= 1")
+        self.downsample = int(downsample)
         if norm not in (*_NORMS, "none"):
             raise ValueError(f"norm={norm!r}; use batch, instance or none")
         self.in_channels = in_channels
@@ -51,7 +57,7 @@ class PatchGAN(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"PatchGAN built for {self.in_channels} input channels got {x.shape[1]}; "
                              "feed cat([input, output], dim=1) with in_channels = 1 + out_channels")
-        return self.net(x)
+        return self.net(nn.functional.avg_pool2d(x, self.downsample) if self.downsample > 1 else x)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -6,8 +6,8 @@ Recognition") cut after ``layer3``: the paper "clips half its layers", so ``laye
 skips from every encoder scale, as in pix2pix colorization (Isola et al. 2017) and the fastai
 "DynamicUnet" recipe of colorizing with an ImageNet-pretrained ResNet encoder.
 
-Shapes: input (N, in_channels, H, W), H and W divisible by 16, the CIE L channel scaled to [-1, 1];
-output (N, out_channels, H, W) in [-1, 1] (tanh): a*b / 110 (2 channels) or RGB * 2 - 1 (3).
+Shapes: input (N, in_channels, H, W), H and W divisible by 16 x ``factor``, the CIE L channel scaled
+to [-1, 1]; output (N, out_channels, H, W) in [-1, 1] (tanh): a*b / 110 (2 channels) or RGB * 2 - 1 (3).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import ResNet18_Weights, resnet18
 
 STRIDE = 16  # the encoder's total downsampling: inputs must be multiples of it
@@ -87,6 +88,12 @@ def upsample2x_bilinear(x: torch.Tensor) -> torch.Tensor:
     return _up2_dim(_up2_dim(x, 2), 3)
 
 
+def upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of a low-resolution prediction to ``size`` (half-pixel centres, as
+    ``F.interpolate(..., align_corners=False)``): how a ``factor`` > 1 colorizer's a*b reach full size."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class UpBlock(nn.Module):
     """x2 bilinear upsample, concat the skip, two conv3x3-BN-ReLU: (N, cin, h, w) -> (N, cout, 2h, 2w)."""
 
@@ -110,6 +117,10 @@ class ResNet18UNet(nn.Module):
         decoder_channels: widths of the four decoder blocks (1/8, 1/4, 1/2, 1/1 scale).
         final_activation: "tanh" (outputs in [-1, 1], a*b / 110 or RGB) or "none" (raw logits, for
             the a*b classifier, ``pipeline.models.ab_classifier``).
+        factor: 1 (default) or an integer > 1: the network runs on the input average-pooled by
+            ``factor`` (a 256 px tile seen whole at 64 px for factor 4) and its output is upsampled
+            bilinearly back to the input's size. Colour is low-frequency, so a colorizer gains a whole
+            tile of context for 1/factor^2 of the cost; the full-resolution L joins the a*b downstream.
 
     Skips: conv1-relu (64 ch, 1/2), layer1 (64, 1/4), layer2 (128, 1/8); layer3 (256, 1/16) is the
     bottleneck. After construction ``encoder_weights_used`` is "imagenet" or "random" and
@@ -118,8 +129,12 @@ class ResNet18UNet(nn.Module):
 
     def __init__(self, *, out_channels: int = 2, encoder_weights: str | None = None, in_channels: int = 1,
                  decoder_channels: tuple[int, int, int, int] | list[int] = (128, 64, 64, 32),
-                 final_activation: str = "tanh"):
+                 final_activation: str = "tanh", factor: int = 1):
         super().__init__()
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"factor={factor!r}; use an integer >= 1")
+        self.factor = int(factor)
+        self.input_multiple = STRIDE * self.factor
         if encoder_weights not in (None, "imagenet"):
             raise ValueError(f"encoder_weights={encoder_weights!r}; use 'imagenet' or None")
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -145,8 +160,15 @@ class ResNet18UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        assert h % STRIDE == 0 and w % STRIDE == 0, (
-            f"ResNet18UNet needs H and W divisible by {STRIDE}, got H={h}, W={w}; pad or crop the input")
+        m = self.input_multiple
+        assert h % m == 0 and w % m == 0, (
+            f"ResNet18UNet needs H and W divisible by {m}, got H={h}, W={w}; pad or crop the input")
+        if self.factor > 1:
+            return upsample_to(self.body(F.avg_pool2d(x, self.factor)), (h, w))
+        return self.body(x)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net at the resolution it is given (the pooled input when ``factor`` > 1)."""
         s1 = self.stem(x)
         s2 = self.layer1(self.pool(s1))
         s3 = self.layer2(s2)

@@ -1,0 +1,118 @@
+"""How far colour can come from grey alone: the a*b* L1 of simple predictors and of oracles, per split.
+
+    python scripts/colour_bounds.py data/packed --out metrics/colour_bounds.json
+
+On the colour tiles of ``--split`` (default test) of a packed run, every ``--stride``-th pixel, in
+CIE a*b* (the mean over a and b of |prediction - truth|, as ``ab_l1``; computed on the a*b* of the
+tiles directly, without the RGB round trip of the evaluate stage), each against grey (a*b* = 0):
+
+- ``lookup``: a model with no context: the median a*b* of the *train* split's pixels in each L* bin
+  (``--bin`` L* units), applied to the test pixels' L*. What a colorizer learns first.
+- ``oracle_image_constant``: each test image's own median a*b* painted over all its tiles. It knows
+  the answer (per image); no colorizer can know it.
+- ``oracle_tile_constant``: each tile's own median a*b*.
+- ``oracle_tile_lookup``: each tile's own median a*b* per L* bin.
+
+The medians minimise L1, so each oracle is the best a predictor of its form can do. A colorizer of
+grey tiles must beat ``oracle_image_constant`` to do better than knowing each image's overall colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import color  # noqa: E402
+from pipeline.data import read_packed  # noqa: E402
+from pipeline.fsio import write_json_atomic  # noqa: E402
+
+
+def lab_pixels(packed: Path, split: str, stride: int) -> tuple[torch.Tensor, list[str]]:
+    """L*a*b* (N, 3, h, w) of the split's colour tiles, every ``stride``-th pixel, and their image ids."""
+    tiles, rows = read_packed(packed, split, colour_only=True)
+    if not rows:
+        raise SystemExit(f"{packed}: the {split} split has no colour tiles")
+    out = [color.rgb_to_lab(tiles[i:i + 64, :, ::stride, ::stride].float().div(255.0))
+           for i in range(0, len(rows), 64)]
+    return torch.cat(out), [r["image_id"] for r in rows]
+
+
+def l_bins(L: torch.Tensor, width: float) -> torch.Tensor:
+    return (L / width).floor().long().clamp(0, int(100 / width))
+
+
+def binned_median(ab: torch.Tensor, bins: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median a*b* (2, n_bins) of the pixels in each bin (ab (2, P), bins (P,)); and which bins had any."""
+    table, seen = torch.zeros(2, n_bins), torch.zeros(n_bins, dtype=torch.bool)
+    for k in bins.unique().tolist():
+        table[:, k] = ab[:, bins == k].median(dim=1).values
+        seen[k] = True
+    return table, seen
+
+
+def l1_of_groups(ab: torch.Tensor, groups: list[torch.Tensor], by_bin: torch.Tensor | None, n_bins: int
+                 ) -> float:
+    """Sum of |truth - each group's own median| (per L* bin when ``by_bin`` is given) over all pixels."""
+    total = 0.0
+    for idx in groups:
+        a = ab[idx].permute(1, 0, 2, 3).flatten(1)                    # (2, P)
+        if by_bin is None:
+            pred = a.median(dim=1).values[:, None]
+        else:
+            b = by_bin[idx].flatten()
+            table, _ = binned_median(a, b, n_bins)
+            pred = table[:, b]
+        total += float((a - pred).abs().sum())
+    return total
+
+
+def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0) -> dict:
+    test, images = lab_pixels(packed, split, stride)
+    train, _ = lab_pixels(packed, "train", stride * 2)
+    n_bins = int(100 / width) + 1
+    ab, count = test[:, 1:], test[:, 1:].numel()
+    grey = float(ab.abs().sum()) / count
+    train_ab = train[:, 1:].permute(1, 0, 2, 3).flatten(1)
+    table, seen = binned_median(train_ab, l_bins(train[:, 0], width).flatten(), n_bins)
+    table[:, ~seen] = 0.0                                               # L* never seen in train: grey
+    bins = l_bins(test[:, 0], width)
+    lookup = float((ab - table[:, bins].permute(1, 0, 2, 3)).abs().sum()) / count
+    per_image: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        per_image.setdefault(image, []).append(i)
+    image_groups = [torch.tensor(v) for v in per_image.values()]
+    tile_groups = [torch.tensor([i]) for i in range(len(test))]
+    found = {
+        "grey": grey,
+        "lookup": lookup,
+        "oracle_image_constant": l1_of_groups(ab, image_groups, None, n_bins) / count,
+        "oracle_tile_constant": l1_of_groups(ab, tile_groups, None, n_bins) / count,
+        "oracle_tile_lookup": l1_of_groups(ab, tile_groups, bins, n_bins) / count,
+    }
+    return {"split": split, "tiles": len(test), "images": len(per_image), "stride": stride, "l_bin": width,
+            "ab_l1": {k: round(v, 4) for k, v in found.items()},
+            "ratio_to_grey": {k: round(v / grey, 4) for k, v in found.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("packed", type=Path, help="a packed run folder (paths.packed)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--stride", type=int, default=4, help="every n-th pixel (rows and columns)")
+    ap.add_argument("--bin", type=float, default=2.0, help="L* bin width of the lookup predictors")
+    ap.add_argument("--out", type=Path, help="write the JSON here too")
+    args = ap.parse_args(argv)
+    found = bounds(args.packed, args.split, args.stride, args.bin)
+    print(json.dumps(found, indent=2))
+    if args.out:
+        write_json_atomic(args.out, found)
+
+
+if __name__ == "__main__":
+    main()

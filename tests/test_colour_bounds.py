@@ -1,0 +1,62 @@
+"""scripts/colour_bounds.py: grey, the L* lookup and the oracles on hand-made flat tiles."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import color
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("colour_bounds", ROOT / "scripts" / "colour_bounds.py")
+colour_bounds = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(colour_bounds)
+
+RED, BLUE, GREEN = (200, 60, 60), (60, 60, 200), (60, 160, 60)
+
+
+def _pack(folder: Path, split: str, tiles: list[tuple[str, tuple[int, int, int]]]) -> None:
+    arr = np.stack([np.broadcast_to(np.array(rgb, np.uint8)[:, None, None], (3, 8, 8)) for _, rgb in tiles])
+    np.save(folder / f"{split}.npy", arr)
+    with open(folder / f"{split}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "tile_id", "image_id", "grey"])
+        w.writerows([i, f"{image}_{i}", image, 0] for i, (image, _) in enumerate(tiles))
+
+
+def _ab(rgb) -> torch.Tensor:
+    return color.rgb_to_lab(torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1) / 255)[0, 1:, 0, 0]
+
+
+def test_bounds_on_flat_tiles_are_hand_computable(tmp_path):
+    _pack(tmp_path, "test", [("a", RED), ("a", BLUE), ("b", GREEN)])
+    _pack(tmp_path, "train", [("c", RED), ("d", BLUE), ("e", GREEN)])
+    found = colour_bounds.bounds(tmp_path, "test", stride=2, width=2.0)
+    red, blue, green = _ab(RED), _ab(BLUE), _ab(GREEN)
+    grey = float((red.abs().sum() + blue.abs().sum() + green.abs().sum()) / 6)
+    # image a is half red, half blue: its median per channel is the lower of the two (torch's median),
+    # so each channel is exact on one tile and off by |red - blue| on the other
+    image_const = float((red - blue).abs().sum() / 6)
+    ab_l1 = found["ab_l1"]
+    assert found["tiles"] == 3 and found["images"] == 2
+    assert ab_l1["grey"] == pytest.approx(grey, abs=1e-3)
+    assert ab_l1["oracle_image_constant"] == pytest.approx(image_const, abs=1e-3)
+    assert ab_l1["oracle_tile_constant"] == pytest.approx(0, abs=1e-3)
+    assert ab_l1["oracle_tile_lookup"] == pytest.approx(0, abs=1e-3)
+    # the three colours have distinct L*, so the train lookup (the same colours) is exact here
+    assert ab_l1["lookup"] == pytest.approx(0, abs=1e-3)
+    assert found["ratio_to_grey"]["oracle_image_constant"] == pytest.approx(image_const / grey, abs=1e-3)
+
+
+def test_cli_writes_the_json_and_a_missing_split_says_so(tmp_path, capsys):
+    _pack(tmp_path, "test", [("a", RED)])
+    _pack(tmp_path, "train", [("c", BLUE)])
+    colour_bounds.main([str(tmp_path), "--out", str(tmp_path / "b.json")])
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["ab_l1"]["lookup"] > 0 and saved == json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit, match="packed tiles missing"):
+        colour_bounds.main([str(tmp_path), "--split", "val"])
