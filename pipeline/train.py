@@ -523,6 +523,14 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     mine = job.shard(cfg.batch_size)
     write = _writer(run, job)
     write(rows, best["rows"])  # at once replaces a stale log of an earlier run
+
+    def evaluate(step: int) -> bool:
+        """Score ``step`` on val, keep it if best, log it; True when patience ran out."""
+        v = val_l1(unwrap(G), val_images, cfg.crop, cfg.batch_size, pair, autocast)
+        stop = _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
+        write(None, best["rows"])
+        return stop
+
     step, time_limited = start, False
     t0 = time.perf_counter() - elapsed
     pbar = tqdm(total=cfg.steps, initial=start, desc=f"{run.phase} {run.name}", disable=not job.main)
@@ -542,9 +550,7 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
         log.add(losses)
         stop = False
         if validate and (step % cfg.eval_every == 0 or step == cfg.steps):
-            v = val_l1(unwrap(G), val_images, cfg.crop, cfg.batch_size, pair, autocast)
-            stop = _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
-            write(None, best["rows"])
+            stop = evaluate(step)
         if stop or step % cfg.log_every == 0 or step == cfg.steps:  # a row: the mean since the last row
             rows.append(log.row(step, job))  # syncs the device, so the clock below is honest
             write(rows, None)
@@ -557,9 +563,7 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
                               f"{step} of {cfg.steps}")
                     time_limited = True
                     if validate and best["step"] is None:  # keep a checkpoint choice: score this step
-                        v = val_l1(unwrap(G), val_images, cfg.crop, cfg.batch_size, pair, autocast)
-                        _validate(best, step, distributed.from_main(v, job, device), unwrap(G), cfg.patience)
-                        write(None, best["rows"])
+                        evaluate(step)
                     break
         if stop:
             if job.main:
