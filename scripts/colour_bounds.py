@@ -8,8 +8,14 @@ tiles directly, without the RGB round trip of the evaluate stage), each against 
 
 - ``lookup``: a model with no context: the median a*b* of the *train* split's pixels in each L* bin
   (``--bin`` L* units), applied to the test pixels' L*. What a colorizer learns first.
+- ``retrieval``: an exemplar colorizer: for each test tile, the ``--k`` train tiles whose grey looks
+  most alike (L* histogram, L* quantiles, mean gradient), and their median a*b* per L* bin (the
+  ``lookup`` where they have no pixel of that L*). It asks whether the grey tile tells which train
+  palette to borrow.
 - ``oracle_image_constant``: each test image's own median a*b* painted over all its tiles. It knows
   the answer (per image); no colorizer can know it.
+- ``oracle_image_lookup``: each test image's own median a*b* per L* bin: knowing each image's
+  palette, as a function of L*, exactly.
 - ``oracle_tile_constant``: each tile's own median a*b*.
 - ``oracle_tile_lookup``: each tile's own median a*b* per L* bin.
 
@@ -72,7 +78,35 @@ def l1_of_groups(ab: torch.Tensor, groups: list[torch.Tensor], by_bin: torch.Ten
     return total
 
 
-def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0) -> dict:
+def grey_descriptor(L: torch.Tensor) -> torch.Tensor:
+    """(N, 26) what a tile's L* (N, h, w) looks like, for retrieval: the square root of its 20-bin L*
+    histogram, five L* quantiles and its mean absolute gradient, each scaled to about [0, 1]."""
+    hist = torch.stack([torch.histc(tile, 20, 0, 100) for tile in L])
+    hist = hist / hist.sum(1, keepdim=True)
+    quantiles = torch.quantile(L.flatten(1), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]), dim=1).T / 100
+    grad = (L[:, :, 1:] - L[:, :, :-1]).abs().mean((1, 2)) + (L[:, 1:] - L[:, :-1]).abs().mean((1, 2))
+    return torch.cat([hist.sqrt(), quantiles, grad[:, None] / 20], 1)
+
+
+def retrieval_l1(test: torch.Tensor, train: torch.Tensor, k: int, width: float, fallback: torch.Tensor
+                 ) -> float:
+    """Sum of |truth - prediction| of the ``retrieval`` predictor over all test pixels."""
+    n_bins = fallback.shape[1]
+    nearest = torch.cdist(grey_descriptor(test[:, 0]), grey_descriptor(train[:, 0]))
+    nearest = nearest.topk(min(k, len(train)), largest=False).indices
+    train_ab, train_bins = train[:, 1:], l_bins(train[:, 0], width)
+    total = 0.0
+    for i, idx in enumerate(nearest):
+        table, seen = binned_median(train_ab[idx].permute(1, 0, 2, 3).flatten(1), train_bins[idx].flatten(),
+                                    n_bins)
+        table[:, ~seen] = fallback[:, ~seen]
+        total += float((test[i, 1:] - table[:, l_bins(test[i, 0], width)]).abs().sum())
+    return total
+
+
+def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0, k: int = 20) -> dict:
+    if k < 1:
+        raise SystemExit(f"--k {k}: the retrieval predictor needs a train tile or more; pass --k 1 or more")
     test, images = lab_pixels(packed, split, stride)
     train, _ = lab_pixels(packed, "train", stride * 2)
     n_bins = int(100 / width) + 1
@@ -91,13 +125,16 @@ def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.
     found = {
         "grey": grey,
         "lookup": lookup,
+        "retrieval": retrieval_l1(test, train, k, width, table) / count,
         "oracle_image_constant": l1_of_groups(ab, image_groups, None, n_bins) / count,
+        "oracle_image_lookup": l1_of_groups(ab, image_groups, bins, n_bins) / count,
         "oracle_tile_constant": l1_of_groups(ab, tile_groups, None, n_bins) / count,
         "oracle_tile_lookup": l1_of_groups(ab, tile_groups, bins, n_bins) / count,
     }
     return {"split": split, "tiles": len(test), "images": len(per_image), "stride": stride, "l_bin": width,
-            "ab_l1": {k: round(v, 4) for k, v in found.items()},
-            "ratio_to_grey": {k: round(v / grey, 4) for k, v in found.items()}}
+            "retrieval_k": k,
+            "ab_l1": {name: round(v, 4) for name, v in found.items()},
+            "ratio_to_grey": {name: round(v / grey, 4) for name, v in found.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,9 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--stride", type=int, default=4, help="every n-th pixel (rows and columns)")
     ap.add_argument("--bin", type=float, default=2.0, help="L* bin width of the lookup predictors")
+    ap.add_argument("--k", type=int, default=20, help="train tiles the retrieval predictor borrows from")
     ap.add_argument("--out", type=Path, help="write the JSON here too")
     args = ap.parse_args(argv)
-    found = bounds(args.packed, args.split, args.stride, args.bin)
+    found = bounds(args.packed, args.split, args.stride, args.bin, args.k)
     print(json.dumps(found, indent=2))
     if args.out:
         write_json_atomic(args.out, found)

@@ -47,9 +47,31 @@ def test_bounds_on_flat_tiles_are_hand_computable(tmp_path):
     assert ab_l1["oracle_image_constant"] == pytest.approx(image_const, abs=1e-3)
     assert ab_l1["oracle_tile_constant"] == pytest.approx(0, abs=1e-3)
     assert ab_l1["oracle_tile_lookup"] == pytest.approx(0, abs=1e-3)
+    # image a's two colours have distinct L*, so its own table per L* bin is exact
+    assert ab_l1["oracle_image_lookup"] == pytest.approx(0, abs=1e-3)
     # the three colours have distinct L*, so the train lookup (the same colours) is exact here
     assert ab_l1["lookup"] == pytest.approx(0, abs=1e-3)
     assert found["ratio_to_grey"]["oracle_image_constant"] == pytest.approx(image_const / grey, abs=1e-3)
+
+
+def test_retrieval_borrows_the_palette_of_the_train_tiles_that_look_alike(tmp_path):
+    # flat tiles of distinct L*: with k = 1 each test tile borrows the one train tile of its own L*
+    _pack(tmp_path, "test", [("a", RED), ("b", GREEN)])
+    _pack(tmp_path, "train", [("c", RED), ("d", BLUE), ("e", GREEN)])
+    retrieval = colour_bounds.bounds(tmp_path, "test", stride=2, k=1)["ab_l1"]["retrieval"]
+    assert retrieval == pytest.approx(0, abs=1e-3)
+    # with k = 3 the red test tile borrows from all three; only red has its L*, so still exact
+    retrieval = colour_bounds.bounds(tmp_path, "test", stride=2, k=3)["ab_l1"]["retrieval"]
+    assert retrieval == pytest.approx(0, abs=1e-3)
+    # a train set with one tile, BLUE: the red test tile's L* bin is never seen there, so the lookup
+    # fallback is used: grey (a*b* = 0), the same as the lookup predictor
+    _pack(tmp_path, "train", [("d", BLUE)])
+    found = colour_bounds.bounds(tmp_path, "test", stride=2, k=5)["ab_l1"]
+    red, green = _ab(RED), _ab(GREEN)
+    assert found["retrieval"] == pytest.approx(float((red.abs().sum() + green.abs().sum()) / 4), abs=1e-3)
+    assert found["retrieval"] == pytest.approx(found["lookup"], abs=1e-3)
+    with pytest.raises(SystemExit, match="--k 0"):
+        colour_bounds.bounds(tmp_path, "test", k=0)
 
 
 def test_cli_writes_the_json_and_a_missing_split_says_so(tmp_path, capsys):
