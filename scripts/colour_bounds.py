@@ -16,6 +16,9 @@ tiles directly, without the RGB round trip of the evaluate stage), each against 
   the answer (per image); no colorizer can know it.
 - ``oracle_image_lookup``: each test image's own median a*b* per L* bin: knowing each image's
   palette, as a function of L*, exactly.
+- ``oracle_palette_choice``: the train images' palettes (median a*b* per L* bin of each) grouped
+  into ``--palettes`` types (k-medians), and each test image painted with the type that suits it
+  best. It knows which type to pick; a colorizer would have to recognise it from grey.
 - ``oracle_tile_constant``: each tile's own median a*b*.
 - ``oracle_tile_lookup``: each tile's own median a*b* per L* bin.
 
@@ -104,11 +107,36 @@ def retrieval_l1(test: torch.Tensor, train: torch.Tensor, k: int, width: float, 
     return total
 
 
-def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0, k: int = 20) -> dict:
-    if k < 1:
-        raise SystemExit(f"--k {k}: the retrieval predictor needs a train tile or more; pass --k 1 or more")
+def palettes(train: torch.Tensor, train_images: list[str], width: float, n_palettes: int,
+             fallback: torch.Tensor) -> torch.Tensor:
+    """(n_palettes, 2, n_bins): the train images' palettes (each image's median a*b* per L* bin, the
+    ``fallback`` table where it has no pixel) grouped by k-medians in L1, seeded, 50 rounds."""
+    n_bins = fallback.shape[1]
+    rows: dict[str, list[int]] = {}
+    for i, image in enumerate(train_images):
+        rows.setdefault(image, []).append(i)
+    tables = []
+    for idx in rows.values():
+        table, seen = binned_median(train[idx, 1:].permute(1, 0, 2, 3).flatten(1),
+                                    l_bins(train[idx, 0], width).flatten(), n_bins)
+        table[:, ~seen] = fallback[:, ~seen]
+        tables.append(table.flatten())
+    x = torch.stack(tables)
+    centres = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n_palettes]].clone()
+    for _ in range(50):
+        members = torch.cdist(x, centres, p=1).argmin(1)
+        for c in range(len(centres)):
+            if (members == c).any():
+                centres[c] = x[members == c].median(0).values
+    return centres.view(-1, 2, n_bins)
+
+
+def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0, k: int = 20,
+           n_palettes: int = 4) -> dict:
+    if k < 1 or n_palettes < 1:
+        raise SystemExit(f"--k {k} --palettes {n_palettes}: each needs 1 or more")
     test, images = lab_pixels(packed, split, stride)
-    train, _ = lab_pixels(packed, "train", stride * 2)
+    train, train_images = lab_pixels(packed, "train", stride * 2)
     n_bins = int(100 / width) + 1
     ab, count = test[:, 1:], test[:, 1:].numel()
     grey = float(ab.abs().sum()) / count
@@ -121,6 +149,7 @@ def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.
     for i, image in enumerate(images):
         per_image.setdefault(image, []).append(i)
     image_groups = [torch.tensor(v) for v in per_image.values()]
+    types = palettes(train, train_images, width, n_palettes, table)
     tile_groups = [torch.tensor([i]) for i in range(len(test))]
     found = {
         "grey": grey,
@@ -128,11 +157,14 @@ def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.
         "retrieval": retrieval_l1(test, train, k, width, table) / count,
         "oracle_image_constant": l1_of_groups(ab, image_groups, None, n_bins) / count,
         "oracle_image_lookup": l1_of_groups(ab, image_groups, bins, n_bins) / count,
+        "oracle_palette_choice": sum(
+            min(float((ab[idx] - p[:, bins[idx]].permute(1, 0, 2, 3)).abs().sum()) for p in types)
+            for idx in image_groups) / count,
         "oracle_tile_constant": l1_of_groups(ab, tile_groups, None, n_bins) / count,
         "oracle_tile_lookup": l1_of_groups(ab, tile_groups, bins, n_bins) / count,
     }
     return {"split": split, "tiles": len(test), "images": len(per_image), "stride": stride, "l_bin": width,
-            "retrieval_k": k,
+            "retrieval_k": k, "palettes": len(types),
             "ab_l1": {name: round(v, 4) for name, v in found.items()},
             "ratio_to_grey": {name: round(v / grey, 4) for name, v in found.items()}}
 
@@ -144,9 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stride", type=int, default=4, help="every n-th pixel (rows and columns)")
     ap.add_argument("--bin", type=float, default=2.0, help="L* bin width of the lookup predictors")
     ap.add_argument("--k", type=int, default=20, help="train tiles the retrieval predictor borrows from")
+    ap.add_argument("--palettes", type=int, default=4, help="palette types of oracle_palette_choice")
     ap.add_argument("--out", type=Path, help="write the JSON here too")
     args = ap.parse_args(argv)
-    found = bounds(args.packed, args.split, args.stride, args.bin, args.k)
+    found = bounds(args.packed, args.split, args.stride, args.bin, args.k, args.palettes)
     print(json.dumps(found, indent=2))
     if args.out:
         write_json_atomic(args.out, found)

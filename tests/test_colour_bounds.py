@@ -70,8 +70,32 @@ def test_retrieval_borrows_the_palette_of_the_train_tiles_that_look_alike(tmp_pa
     red, green = _ab(RED), _ab(GREEN)
     assert found["retrieval"] == pytest.approx(float((red.abs().sum() + green.abs().sum()) / 4), abs=1e-3)
     assert found["retrieval"] == pytest.approx(found["lookup"], abs=1e-3)
-    with pytest.raises(SystemExit, match="--k 0"):
+    with pytest.raises(SystemExit, match="--k 0 --palettes 4: each needs 1 or more"):
         colour_bounds.bounds(tmp_path, "test", k=0)
+
+
+def _rgb(L, a, b) -> tuple[int, int, int]:
+    rgb = color.lab_to_rgb(torch.tensor([L, a, b], dtype=torch.float32).view(1, 3, 1, 1))[0, :, 0, 0]
+    return tuple(int(v) for v in (rgb * 255).round().clamp(0, 255))
+
+
+def test_palette_choice_picks_the_right_type_where_one_table_cannot(tmp_path):
+    # two train images of the same L* and opposite a*: one table (the lookup) must pick one of them
+    # (torch's median of two is the lower), the palette oracle with two types picks the right one
+    warm, cold = _rgb(50, 30, 0), _rgb(50, -30, 0)
+    _pack(tmp_path, "test", [("a", warm), ("b", cold)])
+    _pack(tmp_path, "train", [("c", warm), ("d", cold)])
+    two = colour_bounds.bounds(tmp_path, "test", stride=2, n_palettes=2)
+    one = colour_bounds.bounds(tmp_path, "test", stride=2, n_palettes=1)
+    assert two["palettes"] == 2 and one["palettes"] == 1
+    assert two["ab_l1"]["oracle_palette_choice"] == pytest.approx(0, abs=1e-3)
+    # one type is the median of the two palettes, the same table as the lookup: exact on the cold
+    # image, off by |warm - cold| on the warm one
+    off = float((_ab(warm) - _ab(cold)).abs().sum() / 4)
+    assert one["ab_l1"]["oracle_palette_choice"] == pytest.approx(off, abs=1e-3)
+    assert one["ab_l1"]["lookup"] == pytest.approx(off, abs=1e-3)
+    # more types than train images: as many as there are images
+    assert colour_bounds.bounds(tmp_path, "test", stride=2, n_palettes=9)["palettes"] == 2
 
 
 def test_cli_writes_the_json_and_a_missing_split_says_so(tmp_path, capsys):
