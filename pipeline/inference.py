@@ -33,7 +33,7 @@ from pipeline.tiling import count_tiles, tiled
 TASKS = {"colorize": ("colorize_models", "models/colorize", "colorization.json"),
          "superres": ("superres_models", "models/superres", "superres.json")}
 NOT_MODELS = {"test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
-              "grey", "bicubic", "nearest"}
+              "grey", "bounds", "bicubic", "nearest"}
 PHASES = ("finetuned", "pretrained")
 
 

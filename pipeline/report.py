@@ -21,7 +21,7 @@ from pipeline.fsio import write_bytes_atomic
 STAGES = ("pretrained", "finetuned")
 GRID_CELL = 128  # px per tile in the figure: 256 px tiles are halved to keep the PNG ~1 MB
 TOP_LEVEL = ("test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
-             "grey")
+             "grey", "bounds")
 PAPER = "paper (their data, undefined scale)"
 
 
@@ -138,8 +138,43 @@ brownish mean colour instead of leaving them grey; the paper saw the same "grayi
 default run also trains for about a minute per phase on a CPU, from random init when the ImageNet
 encoder weights are unavailable offline (see the model card). The same architecture trained for
 minutes on a GPU is still 1.3-1.5x worse than grey on held-out Hubble images (DESIGN.md, "Quality
-reference"): losses that model colour uncertainty (classification over quantized a\\*b\\* with
-rebalancing, Zhang et al. 2016) are the known way past it and are tracked as their own issue."""
+reference"). The zoo's other colour options (classification over quantized a\\*b\\* with
+rebalancing, Zhang et al. 2016; colour at 1/4 resolution; pretraining on astronomical tiles) and
+what they reach on 381 ESA/Hubble images are in docs/colour_study.md. The bounds below show how
+much of the colour the grey test tiles can tell at all."""
+
+BOUNDS = {
+    "grey": "grey (a\\*b\\* = 0)",
+    "lookup": "`lookup`: the train split's median a\\*b\\* per L\\* bin, no context",
+    "retrieval": "`retrieval`: the same table from the {k} train tiles whose grey looks most alike",
+    "oracle_image_constant": "oracle: each test image's true median a\\*b\\*",
+    "oracle_image_lookup": "oracle: each test image's true median a\\*b\\* per L\\* bin (its palette)",
+    "oracle_palette_choice": "oracle: per test image, the best of {palettes} train palette types",
+    "oracle_tile_constant": "oracle: each tile's true median a\\*b\\*",
+    "oracle_tile_lookup": "oracle: each tile's true median a\\*b\\* per L\\* bin",
+}
+
+
+def _bounds(b: dict | None) -> str:
+    """How far colour can come from grey on these test tiles (``pipeline.colour_bounds``)."""
+    if not b:
+        return ""
+    rows = [[BOUNDS.get(name, name).format(k=b.get("retrieval_k"), palettes=b.get("palettes")), _fmt(v),
+             f"{b['ratio_to_grey'][name]:.3f}"] for name, v in b["ab_l1"].items()]
+    lookup = b["ratio_to_grey"].get("lookup", 0)
+    verdict = ("Here even the train split's own luminance-to-colour table is worse than grey: the train "
+               "images do not cover the test images' colours, which leaves a colorizer trained on them "
+               "little to go on." if lookup > 1 else
+               "A colorizer near `lookup` has learnt the train split's luminance-to-colour trend and "
+               "little more.")
+    return ("### How far colour can come from grey on these tiles\n\n"
+            f"`python -m pipeline.colour_bounds` on one pixel of each {b['stride']}x{b['stride']} block "
+            f"of the {b['tiles']} test tiles ({b['images']} images), in L\\*a\\*b\\* directly (so its "
+            "grey differs slightly from the tables'). An oracle knows the true colour of a group of "
+            "pixels and paints its median, the best any predictor of that form can do. " + verdict
+            + " Beating the oracle of each test image's median would take knowing more than each "
+            "test image's overall colour.\n\n"
+            + _table(["Predictor", "a\\*b\\* L1", "/ grey"], rows) + "\n")
 
 
 def _verdicts(grey: Row, rows: Sequence[Row]) -> str:
@@ -219,6 +254,7 @@ def render_colorization_report(metrics: dict, params: dict) -> str:
         "### Does any model beat doing nothing? (a\\*b\\* L1, model / grey baseline)\n\n"
         + _verdicts(grey, rows) + "\n",
         _ranking(metrics),
+        _bounds(metrics.get("bounds")),
         _section("Table 1: L1 and L2 distance to the truth in RGB (0-255 scale)",
                  ["Model", "Colour space", "L1", "L2", "PSNR (dB)", "SSIM",
                   f"L1, {PAPER}", f"L2, {PAPER}"],

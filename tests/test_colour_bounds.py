@@ -1,7 +1,6 @@
-"""scripts/colour_bounds.py: grey, the L* lookup and the oracles on hand-made flat tiles."""
+"""pipeline/colour_bounds.py: grey, the L* lookup and the oracles on hand-made flat tiles."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,12 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import color
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("colour_bounds", ROOT / "scripts" / "colour_bounds.py")
-colour_bounds = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(colour_bounds)
+from pipeline import color, colour_bounds
 
 RED, BLUE, GREEN = (200, 60, 60), (60, 60, 200), (60, 160, 60)
 

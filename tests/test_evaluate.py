@@ -226,6 +226,7 @@ def test_strength_is_chosen_on_val_and_scored_on_test(project):
     tmp, params = project
     split = tmp / "split"
     (split / "val.csv").write_text((split / "test.csv").read_text())
+    (split / "train.csv").write_text((split / "test.csv").read_text())
     params["paths"]["packed"] = str(tmp / "packed")
     params["evaluate"]["strengths"] = [0, 0.5, 1.0]
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
@@ -245,3 +246,13 @@ def test_strength_is_chosen_on_val_and_scored_on_test(project):
     assert m["m2"]["pretrained_val_strength"]["strength"] in (0, 0.5, 1.0)
     text = report.render_colorization_report(m, params)
     assert "strength chosen on val" in text
+    # the bounds of pipeline.colour_bounds on the same test tiles: a median of a finer group of pixels
+    # is never further from the truth than that of a coarser one, and grey is their common scale
+    b = m["bounds"]
+    assert (b["split"], b["tiles"], b["images"]) == ("test", m["test_tiles"], m["test_images"])
+    ab = b["ab_l1"]
+    assert ab["grey"] == pytest.approx(m["grey"]["ab_l1"], rel=0.1) and b["ratio_to_grey"]["grey"] == 1
+    assert ab["oracle_tile_lookup"] <= ab["oracle_tile_constant"] <= ab["oracle_image_constant"] <= ab["grey"]
+    assert ab["oracle_image_lookup"] <= ab["oracle_image_constant"]
+    assert "### How far colour can come from grey on these tiles" in text
+    assert "oracle: each test image's true median" in text

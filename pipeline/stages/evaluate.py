@@ -8,6 +8,8 @@ the grey baseline and each pre-trained / fine-tuned generator, and writes
 With ``evaluate.strengths``, each model's a*b scale (``astrogan colorize --strength``) is chosen on
 the packed val colour tiles (lowest a*b L1) and the model is scored on test at that scale too
 (``<name>.<stage>_val_strength``: strength, val a*b L1 per strength, the test metrics).
+``bounds``: how far colour can come from grey on these tiles (``pipeline.colour_bounds``: a
+luminance lookup from the train split, retrieval, and oracles, each against grey).
 Run from the project root: ``python -m pipeline.stages.evaluate``.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import fid
+from pipeline import colour_bounds, fid
 from pipeline.color import rgb_to_lab
 from pipeline.colorizer import colorize_batch, grey_baseline, scale_ab
 from pipeline.data import load_tiles, read_packed, read_split
@@ -188,6 +190,8 @@ def main() -> None:
             if base in chosen and stage != base[1]:
                 m = {"strength": chosen[base][0], "val_ab_l1_by_strength": chosen[base][1], **m}
             metrics.setdefault(name, {})[stage] = m
+    if paths.get("packed"):
+        metrics["bounds"] = colour_bounds.bounds(Path(paths["packed"]), "test")
     metrics = round_sig(metrics)
     out = Path(paths["metrics"])
     write_json_atomic(out / "colorization.json", metrics)

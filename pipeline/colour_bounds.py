@@ -1,6 +1,9 @@
 """How far colour can come from grey alone: the a*b* L1 of simple predictors and of oracles, per split.
 
-    python scripts/colour_bounds.py data/packed --out metrics/colour_bounds.json
+    python -m pipeline.colour_bounds data/packed --out bounds.json
+
+The ``evaluate`` stage writes the same figures for the run's test tiles (``bounds`` in
+``metrics/colorization.json``, a table in ``report.md``).
 
 On the colour tiles of ``--split`` (default test) of a packed run, every ``--stride``-th pixel, in
 CIE a*b* (the mean over a and b of |prediction - truth|, as ``ab_l1``; computed on the a*b* of the
@@ -30,16 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import color  # noqa: E402
-from pipeline.data import read_packed  # noqa: E402
-from pipeline.fsio import write_json_atomic  # noqa: E402
+from pipeline import color
+from pipeline.data import read_packed
+from pipeline.fsio import write_json_atomic
 
 
 def lab_pixels(packed: Path, split: str, stride: int) -> tuple[torch.Tensor, list[str]]:
