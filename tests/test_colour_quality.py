@@ -141,6 +141,18 @@ def test_patchgan_downsample_judges_the_pooled_pair():
         assert torch.allclose(D4(x), D1(torch.nn.functional.avg_pool2d(x, 4)))
 
 
+@pytest.mark.parametrize("build, name, bad", [
+    (lambda v: ResNet18UNet(factor=v), "factor", 0),
+    (lambda v: ABClassifier(factor=v), "factor", 1.5),
+    (lambda v: PatchGAN(in_channels=3, downsample=v), "downsample", -2),
+])
+def test_a_pooling_factor_that_is_not_a_whole_number_from_1_is_refused(build, name, bad):
+    with pytest.raises(ValueError, match=rf"^{name}={bad}; use an integer >= 1$"):
+        build(bad)
+    kept = getattr(build(2.0), name)               # 2.0 from a YAML file is the integer 2
+    assert kept == 2 and isinstance(kept, int)
+
+
 def test_factor_entries_train_through_both_stages_and_a_bad_crop_says_so(cls_project, monkeypatch):
     params = yaml.safe_load((cls_project / "params.yaml").read_text())
     zoo = params["colorize"]["zoo"]

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from pipeline.abclass import ab_bins, annealed_mean
 from pipeline.color import AB_SCALE
-from pipeline.models.resnet_unet import upsample_to
+from pipeline.models.resnet_unet import pool_factor, upsample_to
 
 
 class ABClassifier(nn.Module):
@@ -34,8 +34,7 @@ class ABClassifier(nn.Module):
                  T: float = 0.38, grid: float = 10.0, in_channels: int = 1,
                  encoder_weights: str | None = None, out_channels: int = 2, factor: int = 1):
         super().__init__()
-        if int(factor) != factor or factor < 1:
-            raise ValueError(f"factor={factor!r}; use an integer >= 1")
+        self.factor = pool_factor("factor", factor)
         from pipeline.models import generator_class
 
         centres = ab_bins(grid)
@@ -47,7 +46,6 @@ class ABClassifier(nn.Module):
         self.register_buffer("centres", centres)
         self.T, self.in_channels, self.out_channels = float(T), in_channels, 2
         module = sys.modules[type(self.net).__module__]
-        self.factor = int(factor)
         self.input_multiple = self.factor * (getattr(self.net, "input_multiple", None)
                                              or getattr(module, "STRIDE", 1))
         self.encoder_weights_used = getattr(self.net, "encoder_weights_used", "random")

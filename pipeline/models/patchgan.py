@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.models.resnet_unet import pool_factor
+
 _NORMS = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}
 
 
@@ -28,9 +30,7 @@ class PatchGAN(nn.Module):
     def __init__(self, *, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
                  downsample: int = 1):
         super().__init__()
-        if int(downsample) != downsample or downsample < 1:
-            raise ValueError(f"downsample={downsample!r}; use an integer >= 1")
-        self.downsample = int(downsample)
+        self.downsample = pool_factor("downsample", downsample)
         if norm not in (*_NORMS, "none"):
             raise ValueError(f"norm={norm!r}; use batch, instance or none")
         self.in_channels = in_channels

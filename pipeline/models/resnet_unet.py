@@ -88,6 +88,13 @@ def upsample2x_bilinear(x: torch.Tensor) -> torch.Tensor:
     return _up2_dim(_up2_dim(x, 2), 3)
 
 
+def pool_factor(name: str, value) -> int:
+    """``value`` as an int if it is a whole number >= 1 (a pooling factor), else a one-line ValueError."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name}={value!r}; use an integer >= 1")
+    return int(value)
+
+
 def upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of a low-resolution prediction to ``size`` (half-pixel centres, as
     ``F.interpolate(..., align_corners=False)``): how a ``factor`` > 1 colorizer's a*b reach full size."""
@@ -131,9 +138,7 @@ class ResNet18UNet(nn.Module):
                  decoder_channels: tuple[int, int, int, int] | list[int] = (128, 64, 64, 32),
                  final_activation: str = "tanh", factor: int = 1):
         super().__init__()
-        if int(factor) != factor or factor < 1:
-            raise ValueError(f"factor={factor!r}; use an integer >= 1")
-        self.factor = int(factor)
+        self.factor = pool_factor("factor", factor)
         self.input_multiple = STRIDE * self.factor
         if encoder_weights not in (None, "imagenet"):
             raise ValueError(f"encoder_weights={encoder_weights!r}; use 'imagenet' or None")
