@@ -199,6 +199,63 @@ def test_natural_coco_offline_is_one_line(project, monkeypatch):
     assert "\n" not in msg and msg.startswith("COCO download failed (") and "natural.coco_dir" in msg
 
 
+@pytest.fixture
+def photo_folder(project, real_images) -> Path:
+    """Two colour JPEGs (one nested), a grey PNG, a broken JPEG and a FITS (one filter: ignored)."""
+    root = project.root / "photos"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(real_images[0], root / "b.jpg")
+    shutil.copy(real_images[1], root / "sub" / "a.jpg")
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(root / "g.png")
+    (root / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    _fits(root / "f.fits", np.ones((16, 16), np.float32))
+    return root
+
+
+def test_natural_folder_after_embedded_skips_grey_and_broken_photos(project, photo_folder, capsys):
+    project.params["natural"].update(source=["embedded", "folder"], folder=str(photo_folder), size=32)
+    project.save()
+    natural.main()
+    rows = read_jsonl(project.path("natural") / MANIFEST)
+    skimage = [f"skimage-{n}" for n in natural.SKIMAGE_PHOTOS]
+    assert [r["id"] for r in rows] == [*skimage, "folder-b", "folder-sub_a"]
+    mine = rows[-2:]
+    assert {r["source"] for r in mine} == {"folder"} and {r["credit"] for r in mine} == {"unknown"}
+    assert [r["original_file"] for r in mine] == ["b.jpg", "sub/a.jpg"]
+    for r in mine:
+        with Image.open(project.path("natural") / r["file"]) as im:
+            assert im.mode == "RGB" and min(im.size) == 32
+    err = capsys.readouterr().err
+    assert "x.jpg: not a decodable image" in err and "skipped 1 grey photo(s)" in err
+    # natural.count caps each counted source: the first colour photo by name only
+    project.params["natural"].update(source="folder", count=1)
+    project.save()
+    natural.main()
+    assert [r["id"] for r in read_jsonl(project.path("natural") / MANIFEST)] == ["folder-b"]
+    assert sorted(p.name for p in project.path("natural").parent.iterdir()) == ["natural"]  # no .part
+
+
+@pytest.mark.parametrize("folder, says", [("", "natural.folder is empty"),
+                                          ("nowhere", "natural.folder is 'nowhere', which is not a folder")])
+def test_natural_bad_folder_is_one_line_and_keeps_the_previous_photos(project, folder, says):
+    natural.main()                                                     # the embedded photos
+    before = (project.path("natural") / MANIFEST).read_bytes()
+    project.params["natural"].update(source=["embedded", "folder"], folder=folder)
+    project.save()
+    with pytest.raises(SystemExit, match=f"^{says}: set natural.folder"):
+        natural.main()
+    assert (project.path("natural") / MANIFEST).read_bytes() == before
+    assert not project.path("natural").with_name("natural.part").exists()
+
+
+def test_natural_unknown_source_names_the_choices(project):
+    project.params["natural"]["source"] = ["embedded", "flickr"]
+    project.save()
+    with pytest.raises(SystemExit, match=r"natural.source \['embedded', 'flickr'\]: use one or more of "
+                                         "embedded, folder, coco"):
+        natural.main()
+
+
 # ---------------------------------------------------------------- COCO download (local server)
 
 
