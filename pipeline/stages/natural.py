@@ -87,7 +87,7 @@ def folder_photos(folder: str, count: int) -> Iterator[tuple[str, dict, Image.Im
         try:
             with Image.open(io.BytesIO(load()[1])) as im:
                 rgb = im.convert("RGB")
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             tqdm.write(f"natural: {rec['url']}: not a decodable image ({e}); skipped (fix or remove it)",
                        file=sys.stderr)
             continue
