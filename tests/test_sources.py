@@ -187,6 +187,21 @@ def test_natural_coco_dir_takes_first_count_sorted(project, real_images):
     assert rows[0]["credit"] == coco.CREDIT and min(rows[0]["width"], rows[0]["height"]) == 32
 
 
+def test_natural_broken_coco_photo_is_one_line_and_keeps_the_previous_photos(project, real_images):
+    natural.main()                                                     # the embedded photos
+    before = (project.path("natural") / MANIFEST).read_bytes()
+    cdir = project.root / "coco"
+    cdir.mkdir()
+    shutil.copy(real_images[0], cdir / "000000000001.jpg")
+    (cdir / "000000000002.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    project.params["natural"].update(source="coco", coco_dir=str(cdir), count=5)
+    project.save()
+    with pytest.raises(SystemExit, match=r"^natural: \S+000000000002\.jpg: not a decodable image \(.*\); "
+                                         r"remove it \(the previous photos are kept\)$"):
+        natural.main()
+    assert (project.path("natural") / MANIFEST).read_bytes() == before
+
+
 def test_natural_coco_offline_is_one_line(project, monkeypatch):
     project.params["natural"].update(source="coco", coco_dir="")
     project.save()
@@ -208,8 +223,22 @@ def photo_folder(project, real_images) -> Path:
     shutil.copy(real_images[1], root / "sub" / "a.jpg")
     Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(root / "g.png")
     (root / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (root / "y.png").write_bytes(_png_header(25_000, 20_000))   # 500 Mpx: over the bomb guard
     _fits(root / "f.fits", np.ones((16, 16), np.float32))
     return root
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` RGB pixels and holds none."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
 
 
 def test_natural_folder_after_embedded_skips_grey_and_broken_photos(project, photo_folder, capsys):
@@ -227,6 +256,7 @@ def test_natural_folder_after_embedded_skips_grey_and_broken_photos(project, pho
             assert im.mode == "RGB" and min(im.size) == 32
     err = capsys.readouterr().err
     assert "x.jpg: not a decodable image" in err and "skipped 1 grey photo(s)" in err
+    assert "y.png: 25000x20000 is too large to decode safely; skipped" in err
     # natural.count caps each counted source: the first colour photo by name only
     project.params["natural"].update(source="folder", count=1)
     project.save()

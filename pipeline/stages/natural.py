@@ -18,7 +18,6 @@ is rebuilt on every run; DVC reruns it when ``natural.*`` changes (not when the 
 
 from __future__ import annotations
 
-import io
 import shutil
 import sys
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline.fsio import MANIFEST, safe_name, sha256_file, write_jsonl_atomic
 from pipeline.params import load_params
-from pipeline.sources.common import BadImage, now_iso
+from pipeline.sources.common import BadImage, decode_image, now_iso
 from pipeline.sources.embedded import SKIMAGE_CREDITS, reset_dir, skimage_array
 from pipeline.stages.tile import is_grey
 
@@ -60,11 +59,7 @@ def coco_photos(count: int, coco_dir: str, **download_kw) -> Iterator[tuple[str,
     from pipeline.sources.coco import photos
 
     for image_id, rec, data in photos(count, coco_dir, **download_kw):
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                yield image_id, rec, im.convert("RGB")
-        except OSError as e:
-            raise BadImage(f"{rec['url']}: not a decodable image ({e}); remove it") from None
+        yield image_id, rec, decode_image(data, rec["url"]).convert("RGB")
 
 
 def folder_photos(folder: str, count: int) -> Iterator[tuple[str, dict, Image.Image]]:
@@ -85,11 +80,9 @@ def folder_photos(folder: str, count: int) -> Iterator[tuple[str, dict, Image.Im
         if taken >= count:
             break
         try:
-            with Image.open(io.BytesIO(load()[1])) as im:
-                rgb = im.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as e:
-            tqdm.write(f"natural: {rec['url']}: not a decodable image ({e}); skipped (fix or remove it)",
-                       file=sys.stderr)
+            rgb = decode_image(load()[1], rec["url"]).convert("RGB")
+        except BadImage as e:
+            tqdm.write(f"natural: {e}; skipped (fix or remove it)", file=sys.stderr)
             continue
         if is_grey(np.asarray(rgb)):
             grey += 1
@@ -173,7 +166,7 @@ def main() -> None:
         raise SystemExit(f"COCO download failed ({e}); set natural.coco_dir to a local COCO "
                          "folder or drop coco from natural.source") from None
     except BadImage as e:
-        raise SystemExit(f"natural: {e}; the previous photos are kept") from None
+        raise SystemExit(f"natural: {e}; remove it (the previous photos are kept)") from None
     sizes = np.array([[r["width"], r["height"]] for r in rows])
     print(f"natural: {len(rows)} photos ({', '.join(sources)}) into {out}, short side {sizes.min()} px, "
           f"{sum(r['width'] * r['height'] for r in rows) / 1e6:.1f} Mpx")
