@@ -65,6 +65,24 @@ def binned_median(ab: torch.Tensor, bins: torch.Tensor, n_bins: int) -> tuple[to
     return table, seen
 
 
+def palette(lab: torch.Tensor, width: float, n_bins: int, fallback: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """(2, n_bins): the median a*b* per L* bin of these L*a*b* pixels (N, 3, h, w); ``fallback``'s
+    (grey without one) in the bins they have no pixel of."""
+    table, seen = binned_median(lab[:, 1:].permute(1, 0, 2, 3).flatten(1), l_bins(lab[:, 0], width).flatten(),
+                                n_bins)
+    table[:, ~seen] = 0.0 if fallback is None else fallback[:, ~seen]
+    return table
+
+
+def by_image(images: list[str]) -> list[torch.Tensor]:
+    """The indices of each image's tiles, images in order of first appearance."""
+    rows: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        rows.setdefault(image, []).append(i)
+    return [torch.tensor(v) for v in rows.values()]
+
+
 def l1_of_groups(ab: torch.Tensor, groups: list[torch.Tensor], by_bin: torch.Tensor | None, n_bins: int
                  ) -> float:
     """Sum of |truth - each group's own median| (per L* bin when ``by_bin`` is given) over all pixels."""
@@ -97,12 +115,9 @@ def retrieval_l1(test: torch.Tensor, train: torch.Tensor, k: int, width: float, 
     n_bins = fallback.shape[1]
     nearest = torch.cdist(grey_descriptor(test[:, 0]), grey_descriptor(train[:, 0]))
     nearest = nearest.topk(min(k, len(train)), largest=False).indices
-    train_ab, train_bins = train[:, 1:], l_bins(train[:, 0], width)
     total = 0.0
     for i, idx in enumerate(nearest):
-        table, seen = binned_median(train_ab[idx].permute(1, 0, 2, 3).flatten(1), train_bins[idx].flatten(),
-                                    n_bins)
-        table[:, ~seen] = fallback[:, ~seen]
+        table = palette(train[idx], width, n_bins, fallback)
         total += float((test[i, 1:] - table[:, l_bins(test[i, 0], width)]).abs().sum())
     return total
 
@@ -112,16 +127,8 @@ def palettes(train: torch.Tensor, train_images: list[str], width: float, n_palet
     """(n_palettes, 2, n_bins): the train images' palettes (each image's median a*b* per L* bin, the
     ``fallback`` table where it has no pixel) grouped by k-medians in L1, seeded, 50 rounds."""
     n_bins = fallback.shape[1]
-    rows: dict[str, list[int]] = {}
-    for i, image in enumerate(train_images):
-        rows.setdefault(image, []).append(i)
-    tables = []
-    for idx in rows.values():
-        table, seen = binned_median(train[idx, 1:].permute(1, 0, 2, 3).flatten(1),
-                                    l_bins(train[idx, 0], width).flatten(), n_bins)
-        table[:, ~seen] = fallback[:, ~seen]
-        tables.append(table.flatten())
-    x = torch.stack(tables)
+    x = torch.stack([palette(train[idx], width, n_bins, fallback).flatten()
+                     for idx in by_image(train_images)])
     centres = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n_palettes]].clone()
     for _ in range(50):
         members = torch.cdist(x, centres, p=1).argmin(1)
@@ -140,15 +147,10 @@ def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.
     n_bins = int(100 / width) + 1
     ab, count = test[:, 1:], test[:, 1:].numel()
     grey = float(ab.abs().sum()) / count
-    train_ab = train[:, 1:].permute(1, 0, 2, 3).flatten(1)
-    table, seen = binned_median(train_ab, l_bins(train[:, 0], width).flatten(), n_bins)
-    table[:, ~seen] = 0.0                                               # L* never seen in train: grey
+    table = palette(train, width, n_bins)                               # L* never seen in train: grey
     bins = l_bins(test[:, 0], width)
     lookup = float((ab - table[:, bins].permute(1, 0, 2, 3)).abs().sum()) / count
-    per_image: dict[str, list[int]] = {}
-    for i, image in enumerate(images):
-        per_image.setdefault(image, []).append(i)
-    image_groups = [torch.tensor(v) for v in per_image.values()]
+    image_groups = by_image(images)
     types = palettes(train, train_images, width, n_palettes, table)
     tile_groups = [torch.tensor([i]) for i in range(len(test))]
     found = {
@@ -163,7 +165,7 @@ def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.
         "oracle_tile_constant": l1_of_groups(ab, tile_groups, None, n_bins) / count,
         "oracle_tile_lookup": l1_of_groups(ab, tile_groups, bins, n_bins) / count,
     }
-    return {"split": split, "tiles": len(test), "images": len(per_image), "stride": stride, "l_bin": width,
+    return {"split": split, "tiles": len(test), "images": len(image_groups), "stride": stride, "l_bin": width,
             "retrieval_k": k, "palettes": len(types),
             "ab_l1": {name: round(v, 4) for name, v in found.items()},
             "ratio_to_grey": {name: round(v / grey, 4) for name, v in found.items()}}
