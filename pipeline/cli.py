@@ -26,8 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import __version__, weights
+from pipeline import __version__, hints, weights
 from pipeline import inference as inf
+from pipeline.colorizer import takes_hints
+from pipeline.fsio import sha256_file
+from pipeline.hints import HintError
 from pipeline.imageio import STRETCHES, InputError, is_image_name, read_picture, write_picture
 from pipeline.inference import ModelError
 from pipeline.params import resolve_device
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strength", type=float, default=None,
                    help="scale the predicted a*b: a saturation control; 0 = grey, 1 = as predicted, >1 more "
                    "saturated (default: the strength chosen on the val tiles for this model, else 1)")
+    g = c.add_argument_group("guided colour (a guided model: the default release)")
+    g.add_argument("--hints", metavar="HINTS.csv",
+                   help="colour points: a CSV with header x,y,color (0-based px from the top-left, #rrggbb "
+                   "sRGB) and an optional radius column (patch half-size, px; default 1)")
+    g.add_argument("--reference", metavar="REF",
+                   help="a colour image (any format IN takes) whose palette guides the colours")
     u = sub.add_parser("upscale", help="4x super-resolution", epilog=EPILOG,
                        description="Upscale images 4x; grey inputs give grey outputs.")
     _image_args(u, "superres", "64, the training LR patch size", "tile/8")
@@ -192,9 +201,20 @@ def run_images(args: argparse.Namespace) -> int:
         return 2
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"model: {chosen}; device {device}; tiles {args.tile} px, overlap {args.overlap}")
-    if task == "colorize" and args.strength is None:
-        args.strength, why = inf.default_strength(lm, Path(args.project))
-        say(f"strength {args.strength:g} ({why})")
+    if task == "colorize":
+        try:
+            guidance = _guidance(args, lm)
+        except (HintError, InputError) as e:
+            for line in getattr(e, "lines", [str(e)]):
+                print(f"astrogan: {line}", file=sys.stderr)
+            return 2
+        if args.strength is None:
+            args.strength, why = ((1.0, "colour hints given: as predicted") if guidance
+                                  else inf.default_strength(lm, Path(args.project)))
+            say(f"strength {args.strength:g} ({why})")
+        if args.strength < 0:
+            print(f"astrogan: --strength {args.strength:g}: use a value >= 0 (0 = grey)", file=sys.stderr)
+            return 2
     record = lm.record()
     items = expand_inputs(args.inputs, args.recursive, Path(args.output).resolve())
     if Path(args.output).suffix.lower() in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):
@@ -220,6 +240,31 @@ def run_images(args: argparse.Namespace) -> int:
     return min(failed, 100)
 
 
+def _guidance(args: argparse.Namespace, lm: inf.Loaded) -> dict:
+    """Read ``--hints`` and ``--reference`` once (a ``HintError`` or ``InputError`` names the file);
+    stores them on ``args`` and returns their record for the outputs' metadata."""
+    args.points, args.reference_palette, args.guidance, record = None, None, {}, {}
+    if args.hints is None and args.reference is None:
+        return record
+    if not takes_hints(lm.model):
+        raise HintError([f"{lm.path.name}: this model takes no colour hints; drop --hints/--reference or "
+                         "use a guided model (`astrogan info` lists the releases)"])
+    if args.hints is not None:
+        args.points = hints.read_hints(args.hints)
+        record["hints"] = {"file": args.hints, "points": [[t.x, t.y, hints.hex_colour(t.rgb), t.radius]
+                                                          for t in args.points]}
+    if args.reference is not None:
+        try:
+            ref = read_picture(args.reference, stretch_kind=args.stretch, percentiles=tuple(args.percentiles),
+                               hdu=args.hdu, max_pixels=args.max_pixels)
+        except InputError as e:
+            raise HintError([f"{args.reference}: {e}"]) from None
+        args.reference_palette = hints.reference_palette(ref.data, str(args.reference))
+        record["reference"] = {"file": args.reference, "sha256": sha256_file(Path(args.reference))}
+    args.guidance = record
+    return record
+
+
 def _one(args, lm, record: dict, src: Path, dst: Path, device: torch.device, say) -> None:
     """Read, run, write one image (raises on failure)."""
     t0 = time.perf_counter()
@@ -240,9 +285,16 @@ def _one(args, lm, record: dict, src: Path, dst: Path, device: torch.device, say
             if not pic.grey:
                 say(f"{src}: colour input: converted to grey (CIE L) before colorizing")
             meta["strength"] = args.strength
-            pixels = inf.colorize_image(lm, data, tile=args.tile, overlap=args.overlap, batch=args.batch,
-                                        strength=args.strength, bit_depth=bits, device=device,
-                                        progress=bar.update)
+            meta.update(args.guidance)
+            try:
+                pixels = inf.colorize_image(lm, data, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                                            strength=args.strength, bit_depth=bits, device=device,
+                                            progress=bar.update, points=args.points,
+                                            reference=args.reference_palette, hints_source=str(args.hints))
+            except HintError as e:  # hints outside this image: one line each, then the file fails
+                for line in e.lines[:-1]:
+                    print(f"astrogan: {src}: {line}", file=sys.stderr)
+                raise InputError(e.lines[-1]) from None
         else:
             pixels = inf.upscale_image(lm, data, tile=args.tile, overlap=args.overlap, batch=args.batch,
                                        bit_depth=bits, device=device, progress=bar.update)
@@ -269,8 +321,6 @@ def run_info(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"astrogan: {args.model}: not a readable checkpoint ({type(e).__name__})", file=sys.stderr)
         return EXIT_NO_MODEL
-    from pipeline.fsio import sha256_file
-
     card = blob.get("card") or {}
     task = card.get("task", "superres" if "scale" in card else "colorize")
     name, phase = card.get("name", path.parent.name), path.stem

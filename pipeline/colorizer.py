@@ -7,9 +7,42 @@ Both take the same grey input (CIE L), so models in either space see identical i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from pipeline import color
+from pipeline import color, hints
+
+GUIDED = ("guided_unet",)  # generators that take pipeline.hints's guided input
+
+
+def is_guided(entry: dict) -> bool:
+    """Whether a zoo entry's generator takes colour hints (``pipeline.hints``)."""
+    return entry.get("generator") in GUIDED
+
+
+def in_channels(entry: dict) -> int:
+    """The generator's input channels: L alone, or the guided input."""
+    return hints.CHANNELS if is_guided(entry) else 1
+
+
+def takes_hints(model: torch.nn.Module) -> bool:
+    """Whether a loaded generator takes the guided input (``hints.CHANNELS`` channels)."""
+    return getattr(model, "in_channels", 1) == hints.CHANNELS
+
+
+def pair_maker(entry: dict, mono: float = 0.0) -> Callable | None:
+    """The training ``make_pair(rgb, gen)`` of a zoo entry: guided entries simulate hints from the
+    truth at every step (``hints.make_pair`` with the entry's ``guide`` keys); ``mono`` > 0 gives
+    single-filter grey inputs; None: the plain pair of the entry's colour space."""
+    if is_guided(entry):
+        if mono > 0:
+            raise SystemExit(f"params.yaml: pretrain.mono={mono:g} is for the automatic colorizers; a guided "
+                             "entry (generator guided_unet) takes no mono inputs: set its pretrain.mono to 0")
+        cfg = hints.GuideConfig.from_params(entry.get("guide"))
+        return lambda rgb, gen: hints.make_pair(rgb, gen, cfg)
+    space = entry["color_space"]
+    return (lambda rgb, gen: make_pair(rgb, space, mono, gen)) if mono > 0 else None
 
 
 def make_pair(rgb: torch.Tensor, color_space: str, mono: float = 0.0, gen: torch.Generator | None = None
@@ -52,7 +85,7 @@ def colorize_batch(model: torch.nn.Module, rgb: torch.Tensor, color_space: str, 
     ``strength`` scales the predicted a*b (0: the grey input, 1: the prediction), as
     ``astrogan colorize --strength`` does."""
     x, _ = make_pair(rgb, color_space)
-    out = to_rgb(x, model(x), color_space)
+    out = to_rgb(x, model(hints.automatic(x) if takes_hints(model) else x), color_space)
     return out if strength == 1.0 else scale_ab(out, rgb, strength)
 
 

@@ -10,6 +10,7 @@ work and no DataLoader; colour conversion happens in the step (color.py), on the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.fsio import read_csv
+from pipeline.fsio import read_csv, sha256_file
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -134,6 +135,38 @@ def gather_crops(images: torch.Tensor | Sequence[torch.Tensor], plan: CropPlan,
     return torch.where(plan.flip_v.to(dev)[:, None, None, None], crops.flip(-2), crops)
 
 
+def sibling_plan(images: torch.Tensor | Sequence[torch.Tensor], plan: CropPlan,
+                 siblings: Sequence[Sequence[int]], generator: torch.Generator) -> CropPlan:
+    """Another crop of the same source image for each crop of ``plan``: a random one of
+    ``siblings[idx]`` (the indices of the tiles cut from the same image, or the photo itself), a
+    new corner and new flips. Guided colour trains on it as the reference of the crop."""
+    pick = torch.rand(len(plan.idx), generator=generator)
+    idx = torch.tensor([siblings[i][min(int(u * len(siblings[i])), len(siblings[i]) - 1)]
+                        for i, u in zip(plan.idx.tolist(), pick.tolist(), strict=True)], dtype=torch.long)
+    sizes = _sizes(images, idx)
+    u = torch.rand(len(idx), 2, generator=generator)
+    y0, x0 = (u * (sizes - plan.crop + 1)).long().clamp_max_(sizes - plan.crop).unbind(1)
+    flip_h, flip_v = (torch.rand(len(idx), 2, generator=generator) < 0.5).unbind(1)
+    return CropPlan(idx, y0, x0, flip_h, flip_v, plan.crop)
+
+
+def siblings_of(image_ids: Sequence[str]) -> list[list[int]]:
+    """For each row, the rows cut from the same image (itself included)."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(image_ids):
+        groups.setdefault(key, []).append(i)
+    return [groups[key] for key in image_ids]
+
+
+def images_sha256(images: torch.Tensor | Sequence[torch.Tensor]) -> str:
+    """Hash of the pixels (and shapes) the model trains on: resume is refused if the data changed."""
+    h = hashlib.sha256()
+    for img in images:
+        h.update(str(tuple(img.shape)).encode())
+        h.update(img.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def random_crops(images: torch.Tensor | Sequence[torch.Tensor], batch: int, crop: int,
                  generator: torch.Generator) -> torch.Tensor:
     """A batch of random ``crop`` x ``crop`` patches, each with its own random h/v flips.
@@ -202,8 +235,8 @@ class Feeder:
     deliver (what a resume checkpoint must store, as a prefetched plan is already drawn)."""
 
     def __init__(self, images: torch.Tensor | list[torch.Tensor], device: torch.device,
-                 on_device: bool | str = "auto"):
-        self.device, self.pending = device, None
+                 on_device: bool | str = "auto", siblings: Sequence[Sequence[int]] | None = None):
+        self.device, self.pending, self.siblings = device, None, siblings
         if isinstance(images, list) or device.type != "cuda":
             self.mode = "device"
             self.images = [im.to(device) for im in images] if isinstance(images, list) else images.to(device)
@@ -219,8 +252,11 @@ class Feeder:
     def _launch(self, batch: int, crop: int, gen: torch.Generator) -> tuple:
         state = gen.get_state()
         plan = plan_crops(self.images, batch, crop, gen)
-        host = gather_crops(self.images, plan, torch.empty(batch, 3, crop, crop, dtype=torch.uint8,
-                                                           pin_memory=True))
+        k = 3 if self.siblings is None else 6
+        host = torch.empty(batch, k, crop, crop, dtype=torch.uint8, pin_memory=True)
+        gather_crops(self.images, plan, host[:, :3])
+        if self.siblings is not None:
+            gather_crops(self.images, sibling_plan(self.images, plan, self.siblings, gen), host[:, 3:])
         with torch.cuda.stream(self.stream):
             dev = host.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
@@ -228,9 +264,15 @@ class Feeder:
         return dev, event, host, state
 
     def next(self, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
-        """The next batch: uint8 (batch, 3, crop, crop) on the device."""
+        """The next batch: uint8 (batch, 3, crop, crop) on the device; (batch, 6, crop, crop) with
+        ``siblings``: each crop followed by another crop of the same image (:func:`sibling_plan`)."""
         if self.mode == "device":
-            return gather_crops(self.images, plan_crops(self.images, batch, crop, gen))
+            plan = plan_crops(self.images, batch, crop, gen)
+            crops = gather_crops(self.images, plan)
+            if self.siblings is None:
+                return crops
+            other = sibling_plan(self.images, plan, self.siblings, gen)
+            return torch.cat([crops, gather_crops(self.images, other)], dim=1)
         if self.pending is None:
             self.pending = self._launch(batch, crop, gen)
         dev, event, _host, _state = self.pending
@@ -241,3 +283,22 @@ class Feeder:
 
     def generator_state(self, gen: torch.Generator) -> torch.Tensor:
         return self.pending[3] if self.pending is not None else gen.get_state()
+
+
+def load_colour_tiles(packed_dir: Path, crop: int, split: str = "train"
+                      ) -> tuple[torch.Tensor, dict, list[str]]:
+    """A split's colour tiles from the packed arrays as uint8 (N, 3, S, S), facts about them for the
+    card, and each tile's image id. An empty train split is an error; an empty val split gives an
+    empty tensor."""
+    tiles, rows = read_packed(packed_dir, split, colour_only=True)
+    _, csv_path = packed_paths(packed_dir, split)
+    all_rows = len(read_csv(csv_path))
+    if not rows and split != "train":
+        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(csv_path), "tiles": 0}, []
+    if not rows:
+        raise SystemExit(f"{csv_path}: none of its {all_rows} train tiles has colour (all grey == 1); "
+                         "add colour images (scrape.sources) and rerun `dvc repro split pack`")
+    check_crop(tiles, crop, str(csv_path), "finetune.crop")
+    facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
+             "grey_skipped": all_rows - len(rows), "pixels_sha256": images_sha256(tiles)}
+    return tiles, facts, [r["image_id"] for r in rows]

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import color, weights
+from pipeline import color, hints, weights
+from pipeline.colorizer import takes_hints
 from pipeline.fsio import sha256_file
 from pipeline.imageio import quantize
 from pipeline.models import load_generator
@@ -33,7 +34,7 @@ from pipeline.tiling import count_tiles, tiled
 TASKS = {"colorize": ("colorize_models", "models/colorize", "colorization.json"),
          "superres": ("superres_models", "models/superres", "superres.json")}
 NOT_MODELS = {"test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
-              "grey", "bounds", "bicubic", "nearest"}
+              "grey", "bounds", "guided", "bicubic", "nearest"}
 PHASES = ("finetuned", "pretrained")
 
 
@@ -218,26 +219,62 @@ def lightness(data: np.ndarray) -> np.ndarray:
 
 def colorize_image(lm: Loaded, data: np.ndarray, *, tile: int = 256, overlap: int = 32, batch: int = 4,
                    strength: float = 1.0, bit_depth: int = 8, device: torch.device | str = "cpu",
-                   progress: Callable[[int], object] | None = None) -> np.ndarray:
+                   progress: Callable[[int], object] | None = None, points: list[hints.Hint] | None = None,
+                   reference: torch.Tensor | None = None, hints_source: str = "hints") -> np.ndarray:
     """Grey (H, W) or RGB (H, W, 3) in [0, 1] -> RGB (H, W, 3) uint8/uint16.
 
     Only the input's L is used (a colour input is made grey); a*b are predicted per tile, L kept full-res.
+    A guided model also takes colour ``points`` (``hints.Hint``, image px; one outside the image is a
+    ``hints.HintError`` naming ``hints_source``) and a ``reference`` palette (``hints.reference_palette``).
+    Each tile gets the points inside it as its hint map, the nearest point of the whole image as its
+    propagation, and the palette, so tiles agree across their seams.
     """
     L = lightness(data)
+    guided = takes_hints(lm.model)
+    guide = make_guide(L.shape, L, points=points, reference=reference, source=hints_source)
+    if guide is not None and not guide.empty and not guided:
+        raise ModelError(f"{lm.path.name}: this model takes no colour hints; use a guided model (generator "
+                         "guided_unet; `astrogan info` lists the releases)")
+    image = L[None]
+    if guided and guide is not None and not guide.empty:  # tiles carry their image coordinates
+        rows, cols = np.indices(L.shape, dtype=np.float32)
+        image = np.stack([L, rows, cols])
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        out = lm.model(color.normalize_l(x)).float()
+        if guided:
+            origin = [(int(t[1, 0, 0]), int(t[2, 0, 0])) if len(t) == 3 else (0, 0) for t in x]
+            x = torch.stack([hints.encode(t[0], guide if len(t) == 3 else None, o) for t, o in zip(x, origin,
+                                                                                                   strict=True)])
+        else:
+            x = color.normalize_l(x)
+        out = lm.model(x).float()
         if lm.color_space == "rgb":  # keep only its chroma: L comes from the input
             out = color.normalize_ab(color.rgb_to_lab((out + 1) / 2)[:, 1:])
         return out
 
     out = np.empty((*L.shape, 3), np.uint8 if bit_depth == 8 else np.uint16)
-    for y0, ab in tiled(L[None], net, tile=tile, overlap=overlap, multiple=lm.multiple, batch=batch,
+    for y0, ab in tiled(image, net, tile=tile, overlap=overlap, multiple=lm.multiple, batch=batch,
                         device=device, progress=progress):
         rows = slice(y0, y0 + ab.shape[1])
         lab = torch.cat([torch.from_numpy(L[rows])[None], color.denormalize_ab(ab) * strength])
         out[rows] = quantize(color.lab_to_rgb(lab).permute(1, 2, 0).numpy(), bit_depth)
     return out
+
+
+def make_guide(L_shape: tuple[int, int], L: np.ndarray | None = None, *,
+               points: list[hints.Hint] | None = None, reference: torch.Tensor | None = None,
+               source: str = "hints") -> hints.Guide | None:
+    """The guide of one image (None without points or reference): user ``points`` placed on its L*
+    (H, W) (a point outside the image is a ``hints.HintError`` naming it) and a reference palette."""
+    if not points and reference is None:
+        return None
+    h, w = L_shape
+    if points:
+        guide = hints.hint_points(points, L, source)
+    else:
+        guide = hints.Guide(torch.zeros(0, 5), torch.zeros(0), None, hints.unit_of(h, w))
+    guide.palette = reference
+    return guide
 
 
 def upscale_image(lm: Loaded, data: np.ndarray, *, tile: int = 64, overlap: int = 8, batch: int = 4,

@@ -21,7 +21,7 @@ from pipeline.fsio import write_bytes_atomic
 STAGES = ("pretrained", "finetuned")
 GRID_CELL = 128  # px per tile in the figure: 256 px tiles are halved to keep the PNG ~1 MB
 TOP_LEVEL = ("test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
-             "grey", "bounds")
+             "grey", "bounds", "guided")
 PAPER = "paper (their data, undefined scale)"
 
 
@@ -99,6 +99,8 @@ class Row:
 
 
 def _family(generator: str) -> str:
+    if generator == "guided_unet":  # no paper row: the paper has no guided colour
+        return "guided"
     return "resnet18" if "resnet18" in generator else "unet" if "unet" in generator else generator
 
 
@@ -175,6 +177,41 @@ def _bounds(b: dict | None) -> str:
             + " Beating the oracle of each test image's median would take knowing more than each "
             "test image's overall colour.\n\n"
             + _table(["Predictor", "a\\*b\\* L1", "/ grey"], rows) + "\n")
+
+
+def _guided(g: dict | None) -> str:
+    """Guided colour (colour points, a reference) against the non-learned baselines."""
+    if not g:
+        return ""
+    parts = ["### Guided colour: colour points and a reference image\n\n"
+             "Each test tile gets n points revealed from its truth (fixed seed; uniform; square patches "
+             f"of {next(iter(g.values()))['patch']} px carrying their mean a\\*b\\*), as in Zhang, Zhu "
+             "et al. "
+             "2017. `nearest` paints each pixel with the nearest point in (L\\*/10, x, y), positions in "
+             "quarters of the tile diagonal; grey with no point. With a reference, another tile of the "
+             "same image gives its palette; `palette` paints the reference's median a\\*b\\* per L\\* bin. "
+             "a\\*b\\* L1 in CIE units on the tiles' a\\*b\\* directly (so grey differs slightly from the "
+             "tables'), and / grey; PSNR on RGB. `python -m pipeline.guided_eval` documents the protocol; "
+             "`dvc plots show` draws a\\*b\\* L1 against n (`metrics/plots/guided.csv`).\n\n"]
+    for key, r in g.items():
+        rows = [[n, _fmt(m["model"]), f"{m['model_vs_grey']:.3f}", _fmt(m["nearest"]),
+                 f"{m['nearest_vs_grey']:.3f}", _fmt(m["model_psnr"]), _fmt(m["nearest_psnr"])]
+                for n, m in r["points"].items()]
+        ref = r.get("reference")
+        if ref:
+            rows.append([f"reference ({ref['tiles']} tiles)", _fmt(ref["model"]),
+                         f"{ref['model_vs_grey']:.3f}", _fmt(ref["palette"]) + " (palette)",
+                         f"{ref['palette_vs_grey']:.3f}",
+                         _fmt(ref["model_psnr"]), _fmt(ref["palette_psnr"])])
+        low = r.get("low_colour")
+        note = (f"\nNo hints on the same tiles with the truth's a\\*b\\* scaled to a fifth: a\\*b\\* L1 "
+                f"{_fmt(low['model'])} against grey's {_fmt(low['grey'])} ({low['model_vs_grey']:.3f}x): "
+                + ("a model unsure of colour leaves it out." if low["model_vs_grey"] <= 1 else
+                   "worse than grey: this model adds colour that faint images lack.") + "\n") if low else ""
+        parts.append(f"**{key}** ({r['tiles']} tiles)\n\n"
+                     + _table(["Points", "model a\\*b\\* L1", "/ grey", "nearest / palette", "/ grey",
+                               "model PSNR", "baseline PSNR"], rows) + "\n" + note + "\n")
+    return "".join(parts)
 
 
 def _verdicts(grey: Row, rows: Sequence[Row]) -> str:
@@ -255,6 +292,7 @@ def render_colorization_report(metrics: dict, params: dict) -> str:
         + _verdicts(grey, rows) + "\n",
         _ranking(metrics),
         _bounds(metrics.get("bounds")),
+        _guided(metrics.get("guided")),
         _section("Table 1: L1 and L2 distance to the truth in RGB (0-255 scale)",
                  ["Model", "Colour space", "L1", "L2", "PSNR (dB)", "SSIM",
                   f"L1, {PAPER}", f"L2, {PAPER}"],

@@ -22,12 +22,11 @@ everything the phase reads; a rerun with the same hash continues from it, bit-fo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import colorizer, distributed
-from pipeline.data import Feeder
+from pipeline.data import Feeder, images_sha256  # noqa: F401 (re-exported)
 from pipeline.fsio import atomic_path, write_csv_atomic, write_json_atomic
 from pipeline.models import save_generator
 from pipeline.params import resolve_device
@@ -315,15 +314,6 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     return dict(zip(keys, torch.stack(terms).detach().unbind(), strict=True))
 
 
-def images_sha256(images: torch.Tensor | Sequence[torch.Tensor]) -> str:
-    """Hash of the pixels (and shapes) the model trains on: resume is refused if the data changed."""
-    h = hashlib.sha256()
-    for img in images:
-        h.update(str(tuple(img.shape)).encode())
-        h.update(img.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -381,6 +371,9 @@ class Run:
     objective: Objective = Objective()
     val_images: torch.Tensor | None = None  # uint8 (N, 3, S, S): validation L1 every cfg.eval_every steps
     val_csv_path: Path | None = None        # (step, val_l1) rows; written (maybe header-only) when set
+    siblings: list[list[int]] | None = None  # per image, the images cut from the same source (itself
+    #                                          included): batches then carry a second crop of the same
+    #                                          source in channels 3-5, the guided colorizers' reference
 
 
 @torch.no_grad()
@@ -513,7 +506,8 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
         best = state.get("best", best)
         if job.main:
             print(f"resuming {run.name} {run.phase} from step {start}")
-    feeder = Feeder(run.images, device, {"on": True, "off": False}.get(cfg.data_on_device, "auto"))
+    feeder = Feeder(run.images, device, {"on": True, "off": False}.get(cfg.data_on_device, "auto"),
+                    siblings=run.siblings)
     validate = run.val_images is not None and len(run.val_images) > 0 and cfg.eval_every > 0
     val_images = run.val_images.to(device) if validate else None
     obj = run.objective

@@ -22,12 +22,14 @@ from pipeline.fsio import atomic_path
 def _generators() -> dict[str, type[nn.Module]]:
     from pipeline.models.ab_classifier import ABClassifier
     from pipeline.models.edsr import EDSR
+    from pipeline.models.guided_unet import GuidedUNet
     from pipeline.models.resnet_unet import ResNet18UNet
     from pipeline.models.srresnet import SRResNet
     from pipeline.models.unet import UNet
     from pipeline.models.wdsr import WDSR
 
-    return {"resnet18_unet": ResNet18UNet, "ab_classifier": ABClassifier, "unet": UNet, "srresnet": SRResNet,
+    return {"resnet18_unet": ResNet18UNet, "ab_classifier": ABClassifier, "guided_unet": GuidedUNet,
+            "unet": UNet, "srresnet": SRResNet,
             "edsr": EDSR, "wdsr": WDSR}
 
 

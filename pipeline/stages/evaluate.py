@@ -10,6 +10,9 @@ the packed val colour tiles (lowest a*b L1) and the model is scored on test at t
 (``<name>.<stage>_val_strength``: strength, val a*b L1 per strength, the test metrics).
 ``bounds``: how far colour can come from grey on these tiles (``pipeline.colour_bounds``: a
 luminance lookup from the train split, retrieval, and oracles, each against grey).
+``guided``: each guided model (generator ``guided_unet``) with ``evaluate.guided_points`` colour
+points revealed from the truth, and with a reference tile of the same image, beside the non-learned
+baselines (``pipeline.guided_eval``); the curve goes to ``plots/guided.csv``.
 Run from the project root: ``python -m pipeline.stages.evaluate``.
 """
 
@@ -23,11 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import colour_bounds, fid
+from pipeline import colour_bounds, fid, guided_eval
 from pipeline.color import rgb_to_lab
-from pipeline.colorizer import colorize_batch, grey_baseline, scale_ab
+from pipeline.colorizer import colorize_batch, grey_baseline, is_guided, scale_ab
 from pipeline.data import load_tiles, read_packed, read_split
-from pipeline.fsio import write_json_atomic
+from pipeline.fsio import write_csv_atomic, write_json_atomic
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
@@ -159,6 +162,34 @@ def fid_model(n: int, dims: int, device: torch.device) -> tuple[torch.nn.Module 
     return None, reason
 
 
+def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device: torch.device) -> dict:
+    """Guided colour (``pipeline.guided_eval``) of each guided model and phase, keyed "name (phase)"."""
+    e, lists = params["evaluate"], {"pretrained": params["colorize"]["pretrain"],
+                                    "finetuned": params["colorize"]["finetune"]}
+    root, out = Path(params["paths"]["colorize_models"]), {}
+    for stage, names in lists.items():
+        for name in names:
+            if not is_guided(params["colorize"]["zoo"][name]):
+                continue
+            model, _ = load_generator(root / name / f"{stage}.pt", device)
+            with tqdm(total=len(tiles), desc=f"guided {name} {stage}", unit="tile") as bar:
+                counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
+                out[f"{name} ({stage})"] = guided_eval.score(
+                    model, tiles, image_ids, counts=counts,
+                    seed=int(params["seed"]), patch=int(e.get("guided_patch", 3)), device=device,
+                    progress=bar.update)
+    return out
+
+
+def write_guided_plot(metrics_dir: Path, guided: dict) -> None:
+    """``plots/guided.csv``: a*b* L1 against the number of points, per guided model, with the nearest-
+    hint baseline and grey (``dvc plots`` draws it)."""
+    first = next(iter(guided.values()))["points"]
+    rows = [{"points": int(n), "grey": first[n]["grey"], "nearest_hint": first[n]["nearest"],
+             **{key: r["points"][n]["model"] for key, r in guided.items()}} for n in first]
+    write_csv_atomic(metrics_dir / "plots" / "guided.csv", rows, ["points", "grey", "nearest_hint", *guided])
+
+
 def main() -> None:
     params = load_params()
     seed_everything(params["seed"])
@@ -192,6 +223,11 @@ def main() -> None:
             metrics.setdefault(name, {})[stage] = m
     if paths.get("packed"):
         metrics["bounds"] = colour_bounds.bounds(Path(paths["packed"]), "test")
+    guided = score_guided(params, tiles, [r["image_id"] for r in rows], device)
+    if guided:
+        metrics["guided"] = guided
+        write_guided_plot(out_dir := Path(paths["metrics"]), guided)
+        print(f"evaluate: wrote {out_dir}/plots/guided.csv")
     metrics = round_sig(metrics)
     out = Path(paths["metrics"])
     write_json_atomic(out / "colorization.json", metrics)

@@ -13,7 +13,8 @@ with ``discriminator_kwargs``), may override ``train.gan_loss`` (``gan_loss``) a
 section (its own ``finetune`` keys), and add colour terms (a classification head, a colourfulness
 weight, the adversarial weight: ``pipeline.colorizer.colour_objective``). With
 ``finetune.eval_every`` > 0, the val L1 on the colour tiles of the packed val split (centre crops)
-is logged to ``<paths.metrics>/plots/val/<name>.csv``,
+is logged to ``<paths.metrics>/plots/val/<name>.csv`` (a guided entry: with hints simulated from the
+truth, each val tile its own reference),
 ``finetuned.pt`` holds the best of them, and ``patience`` evaluations without improvement stop early.
 """
 
@@ -25,30 +26,13 @@ from pathlib import Path
 import torch
 
 from pipeline import colorizer, distributed
-from pipeline.data import check_crop, packed_paths, read_packed
-from pipeline.fsio import read_csv, sha256_file
+from pipeline.data import load_colour_tiles, siblings_of
+from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
-from pipeline.train import Objective, Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+from pipeline.train import Objective, Run, TrainConfig, finish, fit, phase_params, zoo_entry
 
 PHASE = "finetune"
-
-
-def load_colour_tiles(packed_dir: Path, crop: int, split: str = "train") -> tuple[torch.Tensor, dict]:
-    """A split's colour tiles from the packed arrays as uint8 (N, 3, S, S), and facts about them for
-    the card. An empty train split is an error; an empty val split gives an empty tensor."""
-    tiles, rows = read_packed(packed_dir, split, colour_only=True)
-    _, csv_path = packed_paths(packed_dir, split)
-    all_rows = len(read_csv(csv_path))
-    if not rows and split != "train":
-        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(csv_path), "tiles": 0}
-    if not rows:
-        raise SystemExit(f"{csv_path}: none of its {all_rows} train tiles has colour (all grey == 1); "
-                         "add colour images (scrape.sources) and rerun `dvc repro split pack`")
-    check_crop(tiles, crop, str(csv_path), "finetune.crop")
-    facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
-             "grey_skipped": all_rows - len(rows), "pixels_sha256": images_sha256(tiles)}
-    return tiles, facts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     paths, entry = params["paths"], zoo_entry(params, name)
     cfg = TrainConfig.from_params(params, PHASE, entry)
     distributed.relaunch(cfg.nproc, __spec__.name, [name])
-    tiles, data = load_colour_tiles(Path(paths["packed"]), cfg.crop)
+    tiles, data, ids = load_colour_tiles(Path(paths["packed"]), cfg.crop)
     cfg = cfg.with_epochs(len(tiles))
-    val, val_data = (load_colour_tiles(Path(paths["packed"]), cfg.crop, "val")
-                     if cfg.eval_every > 0 else (None, None))
+    val, val_data, _ = (load_colour_tiles(Path(paths["packed"]), cfg.crop, "val")
+                        if cfg.eval_every > 0 else (None, None, None))
     if val_data is not None:
         data["val"] = val_data
         if not len(val) and distributed.from_env().main:
@@ -76,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     data["pretrained_sha256"] = sha256_file(pretrained)
     seed_everything(cfg.seed)
     d_arch = entry["discriminator"]
-    d_kwargs = {"in_channels": 1 + out_channels(entry["color_space"]),
+    d_kwargs = {"in_channels": colorizer.in_channels(entry) + out_channels(entry["color_space"]),
                 **(entry.get("discriminator_kwargs") or {})}
     D = discriminator_class(d_arch)(**d_kwargs)
     d_card = {"arch": d_arch, "kwargs": d_kwargs}
@@ -93,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
               csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv", val_images=val,
+              make_pair=colorizer.pair_maker(entry),
+              siblings=siblings_of(ids) if colorizer.is_guided(entry) else None,
               val_csv_path=Path(paths["metrics"]) / "plots" / "val" / f"{name}.csv")
     result = fit(run, cfg)
     out = pretrained.with_name("finetuned.pt")

@@ -11,7 +11,10 @@ The zoo entry names the generator, its ``generator_kwargs`` (widths, depth) and 
 ``pretrain.data``: natural (the photos), astro (the colour train tiles of ``<paths.packed>``, grey
 input made from them) or both; ``pretrain.mono``: the fraction of samples whose grey input is one
 R, G or B channel alone (a single-filter image). The entry's colour terms (classification head,
-colourfulness weight: ``pipeline.colorizer.colour_objective``) apply here too.
+colourfulness weight: ``pipeline.colorizer.colour_objective``) apply here too. A guided entry
+(generator ``guided_unet``) gets colour hints simulated from the truth at every step (its ``guide``
+keys, ``pipeline.hints``), the reference being another crop of the same photo or another tile of
+the same image.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline import colorizer, distributed
-from pipeline.data import load_rgb
+from pipeline.data import images_sha256, load_colour_tiles, load_rgb, siblings_of
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
-from pipeline.stages.finetune import load_colour_tiles
-from pipeline.train import Objective, Run, TrainConfig, finish, fit, images_sha256, phase_params, zoo_entry
+from pipeline.train import Objective, Run, TrainConfig, finish, fit, phase_params, zoo_entry
 
 PHASE = "pretrain"
 
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
         images += photos
         data.update(manifest=str(manifest), manifest_sha256=sha256_file(manifest), photos=len(photos))
+    siblings = [[i] for i in range(len(images))]  # a photo's other crop is of itself
     if source in ("astro", "both"):  # the astronomical train tiles, colour ones: grey inputs made from them
-        tiles, tile_facts = load_colour_tiles(Path(paths["packed"]), cfg.crop)
+        tiles, tile_facts, ids = load_colour_tiles(Path(paths["packed"]), cfg.crop)
+        siblings += [[len(images) + j for j in group] for group in siblings_of(ids)]
         images += list(tiles.unbind(0))
         data["astro"] = tile_facts
     data["pixels_sha256"] = images_sha256(images)
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     weights = params["model"]["encoder_weights"]
     arch = entry["generator"]
-    arch_kwargs = {"out_channels": out_channels(entry["color_space"]), "in_channels": 1,
+    arch_kwargs = {"out_channels": out_channels(entry["color_space"]),
+                   "in_channels": colorizer.in_channels(entry),
                    "encoder_weights": None if weights in (None, "none") else weights,
                    **(entry.get("generator_kwargs") or {})}
     G = generator_class(arch)(**arch_kwargs)
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
               resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
               csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
               meta={"encoder_weights": encoder}, objective=Objective(**terms),
-              make_pair=(lambda rgb, gen: colorizer.make_pair(rgb, space, mono, gen)) if mono > 0 else None)
+              make_pair=colorizer.pair_maker(entry, mono),
+              siblings=siblings if colorizer.is_guided(entry) else None)
     result = fit(run, cfg)
     out = Path(paths["colorize_models"]) / name / "pretrained.pt"
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
