@@ -11,6 +11,14 @@ GPU too when there is one. Writes ``benchmarks/results/inference.json``.
 
     python -m benchmarks.inference            # 2048 px outputs, 3 tile sizes per model
     python -m benchmarks.inference --quick    # 512 px outputs, CPU only, 2 tile sizes per model
+    python -m benchmarks.inference --guided   # guided colour with the CLI's default model, 1 MP
+
+``--guided`` times what ``astrogan colorize IN -o OUT [--hints H.csv] [--reference REF]`` does with
+the default release colorizer (the guided one) at its default tiling, on a 1024 px grey image: no
+hints, 10 hints, a reference, both. Each case is timed in-process (the colorize path, as above) and
+as the whole command in a fresh process (Python start, model load and sha256 check, PNG decoding
+and encoding included), the median of ``--repeat`` runs. Writes
+``benchmarks/results/guided_inference.json``.
 """
 
 from __future__ import annotations
@@ -116,14 +124,76 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_guided(args: argparse.Namespace) -> dict:
+    """``--guided``: the module docstring's guided colour timings (CPU)."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    from pipeline import hints
+
+    device = torch.device("cpu")
+    lm, chosen = inf.open_model(None, ROOT, "colorize", device)
+    tile = int((lm.meta.get("card") or {}).get("crop") or 256)
+    grey = test_image(1024, grey=True)
+    rng = np.random.default_rng(0)
+    points = [hints.Hint(int(x), int(y), tuple(int(v) for v in rng.integers(40, 220, 3)), 1)
+              for x, y in rng.integers(0, 1024, (10, 2))]
+    ref_rgb = test_image(512, grey=False)
+    palette = hints.reference_palette(ref_rgb)
+    cases = {"none": {}, "hints_10": {"points": points}, "reference": {"reference": palette},
+             "hints_10_and_reference": {"points": points, "reference": palette}}
+    out = {"model": chosen, "image": "1024x1024", "tile": tile, "overlap": tile // 2, "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        Image.fromarray((grey * 255).astype(np.uint8)).save(tmp / "in.png")
+        Image.fromarray((ref_rgb * 255).astype(np.uint8)).save(tmp / "ref.png")
+        (tmp / "h.csv").write_text("x,y,color\n" + "".join(f"{p.x},{p.y},{hints.hex_colour(p.rgb)}\n"
+                                                            for p in points))
+        flags = {"none": [], "hints_10": ["--hints", "h.csv"], "reference": ["--reference", "ref.png"],
+                 "hints_10_and_reference": ["--hints", "h.csv", "--reference", "ref.png"]}
+        for name, kw in cases.items():
+            inproc = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                inf.colorize_image(lm, grey, tile=tile, overlap=tile // 2, batch=args.batch, device=device,
+                                   **kw)
+                inproc.append(time.perf_counter() - t0)
+            whole = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "pipeline", "colorize", "in.png", "-o", "out.png", "-q",
+                                *flags[name]], cwd=tmp, check=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+                whole.append(time.perf_counter() - t0)
+            out["cases"][name] = {"colorize_s": round(statistics.median(inproc), 3),
+                                  "command_s": round(statistics.median(whole), 3)}
+            print(json.dumps({name: out["cases"][name]}), flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="512 px outputs, CPU only, two tile sizes")
     p.add_argument("--size", type=int, default=None,
                    help="output side in px (default 2048; 512 with --quick); upscale inputs are size/4")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward on CPU (GPU: 16)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/inference.json"))
+    p.add_argument("--guided", action="store_true", help="guided colour timings only (module docstring)")
+    p.add_argument("--repeat", type=int, default=3, help="--guided: runs per case (the median is kept)")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/inference.json "
+                   "(guided_inference.json with --guided, inference_quick.json with --quick)")
     args = p.parse_args()
+    name = "guided_inference" if args.guided else "inference_quick" if args.quick else "inference"
+    args.out = args.out or str(ROOT / f"benchmarks/results/{name}.json")
+    if args.guided:
+        torch.set_grad_enabled(False)
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        result = bench_guided(args)
+        write_json_atomic(args.out, {"torch": torch.__version__, "python": platform.python_version(),
+                                     "threads": torch.get_num_threads(), "load_average_before": load_before,
+                                     "load_average_after": [round(x, 2) for x in os.getloadavg()], **result})
+        print(f"wrote {args.out}")
+        return
     args.size = args.size or (512 if args.quick else 2048)
     torch.set_grad_enabled(False)
     load_before = [round(x, 2) for x in os.getloadavg()]  # other jobs on the machine skew CPU timings

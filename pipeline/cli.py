@@ -217,7 +217,12 @@ def run_images(args: argparse.Namespace) -> int:
             return 2
     record = lm.record()
     items = expand_inputs(args.inputs, args.recursive, Path(args.output).resolve())
-    if Path(args.output).suffix.lower() in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):
+    out_suffix = Path(args.output).suffix.lower()
+    if out_suffix not in OUT_SUFFIXES and is_image_name(Path(args.output)):
+        print(f"astrogan: -o {args.output}: outputs are PNG or TIFF; name a .png, .tif or .tiff file, "
+              "or a folder", file=sys.stderr)
+        return 2
+    if out_suffix in OUT_SUFFIXES and (len(items) > 1 or items[0][1] is not None):
         print(f"astrogan: -o {args.output} names one file but IN holds {len(items)} images; "
               "give an output folder", file=sys.stderr)
         return min(len(items), 100)
@@ -344,15 +349,25 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics_line(metrics: dict, prefix: str = "") -> str:
-    """Flat ``key value`` pairs of a (nested) metrics dict, for one line of a listing."""
+def _headline(entry: dict) -> str:
+    """A release's few key figures, one short line (``astrogan info NAME`` shows them all)."""
+    metrics = entry.get("metrics") or {}
+    run, default = metrics.get("release_run_test") or {}, metrics.get("default_test") or {}
     parts = []
-    for key, value in (metrics or {}).items():
-        if isinstance(value, dict):
-            parts.append(_metrics_line(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts.append(f"{prefix}{key} {value:g}")
-    return ", ".join(p for p in parts if p)
+    if entry.get("task") == "superres":
+        for label, m in (("release-run test", run), ("default test", default)):
+            if m.get("psnr_y") is not None and m.get("bicubic_psnr_y") is not None:
+                gain = m["psnr_y"] - m["bicubic_psnr_y"]
+                parts.append(f"{label}: PSNR-Y {m['psnr_y']:.2f} dB ({gain:+.2f} over bicubic)")
+        return "; ".join(parts)
+    for label, m in (("release-run test", run), ("default test", default)):
+        ratio = m.get("ab_l1_vs_grey_at_strength", m.get("ab_l1_vs_grey"))
+        if ratio is not None:
+            parts.append(f"{label}: a*b* L1 {ratio:.3f}x grey")
+    guided = (run.get("guided") or {}).get("points", {}).get("10")
+    if guided:
+        parts.append(f"10 hints {guided['model_vs_grey']:.3f}x")
+    return "; ".join(parts)
 
 
 def _list_releases(args: argparse.Namespace) -> int:
@@ -374,9 +389,10 @@ def _list_releases(args: argparse.Namespace) -> int:
           f"{weights.MAX_TOTAL_BYTES:,} bytes")
     for name, e in rows.items():
         state = "ok" if e["check"] == "ok" else "MISSING" if "file missing" in e["check"] else "BAD FILE"
-        print(f"  {name:<16} {e.get('task', '?'):<9} {'default' if e.get('default') else '':<7} "
-              f"{int(e.get('bytes') or 0):>11,} B  sha256 {str(e.get('sha256'))[:12]}  {state:<10} "
-              f"{_metrics_line(e.get('metrics'))}")
+        print(f"  {name:<30} {e.get('task', '?'):<9} {'default' if e.get('default') else '':<7} "
+              f"{int(e.get('bytes') or 0):>10,} B  sha256 {str(e.get('sha256'))[:12]}  {state}")
+        if headline := _headline(e):
+            print(f"    {headline}")
     return status
 
 
@@ -407,7 +423,18 @@ def _release_card(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (the console script passes it to sys.exit)."""
+    """Run the command; returns the exit status (the console script passes it to sys.exit). Output
+    piped into a reader that stops early (``astrogan info | head``) ends the command quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "info":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import colorizer, superres, weights
+from pipeline import colorizer, guided_eval, superres, weights
 from pipeline.data import load_rgb, read_packed
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.sources.embedded import VENDORED
@@ -120,7 +120,9 @@ def evaluate(name: str) -> dict:
 def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     """Choose colorize release ``name``'s default a*b strength on the val split of its release run
     (``packed``: that run's pack stage output), score it on that run's test split and on
-    ``default_test``, and record all of it in the registry entry (the weights file is unchanged)."""
+    ``default_test``, and record all of it in the registry entry (the weights file is unchanged).
+    A guided release's strength is that of its automatic path (no hints); its guided scores on the
+    run's test split (``pipeline.guided_eval``) go beside them."""
     model, meta = weights.load_release(name)
     if meta["card"].get("task") != "colorize":
         raise weights.ReleaseError(f"release {name}: a strength is for colorize releases")
@@ -132,6 +134,8 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     strength, per = choose_release_strength(model, space, val, strengths)
     run = evaluate_colorize(model, space, test, strength=float(strength))
     run["images"] = len({r["image_id"] for r in rows})
+    if colorizer.takes_hints(model):  # guided colour on the same test tiles (pipeline.guided_eval)
+        run["guided"] = guided_eval.score(model, test, [r["image_id"] for r in rows])
     reg = weights.registry()
     entry = reg["models"][name]
     entry["strength"] = float(strength)

@@ -67,7 +67,8 @@ def test_palette_follows_lightness_and_fills_empty_bins():
     pal = hints.palette(lab)
     assert pal.shape == (1, 2, hints.BINS)
     ab = hints.render(pal, torch.tensor([[[20.0, 80.0, 0.0, 100.0]]]))[0, :, 0]
-    assert ab[:, 0].tolist() == pytest.approx([30.0, 0.0]) and ab[:, 1].tolist() == pytest.approx([0.0, -40.0])
+    assert ab[:, 0].tolist() == pytest.approx([30.0, 0.0])
+    assert ab[:, 1].tolist() == pytest.approx([0.0, -40.0])
     assert ab[:, 2].tolist() == pytest.approx([30.0, 0.0])   # L* 0: nearest filled bin (20)
     assert ab[:, 3].tolist() == pytest.approx([0.0, -40.0])
 
@@ -144,7 +145,8 @@ def test_hints_outside_the_image_are_named():
     assert guide.points[0, :3].tolist() == [6, 16, 4]   # the patch is clipped to the image
     with pytest.raises(hints.HintError) as e:
         hints.hint_points([hints.Hint(20, 0, (255, 0, 0)), hints.Hint(0, 10, (0, 0, 0))], L, "h.csv")
-    assert len(e.value.lines) == 2 and "h.csv: hint 1 at x=20, y=0 is outside the 20x10 image" in e.value.lines[0]
+    assert len(e.value.lines) == 2
+    assert "h.csv: hint 1 at x=20, y=0 is outside the 20x10 image" in e.value.lines[0]
 
 
 def test_reference_palette_refuses_grey():
