@@ -45,7 +45,7 @@ from pipeline import colorizer, superres  # noqa: E402
 from pipeline.data import Feeder, load_rgb, read_packed  # noqa: E402
 from pipeline.fsio import write_json_atomic  # noqa: E402
 from pipeline.models import discriminator_class, generator_class, out_channels  # noqa: E402
-from pipeline.stages.tile import tile_positions  # noqa: E402
+from pipeline.tileset import tile_positions  # noqa: E402
 from pipeline.train import autocast_for, gan_losses, gan_step, l1_step  # noqa: E402
 
 # (name, task, generator, generator kwargs, discriminator, discriminator kwargs, colour space, step)

@@ -31,10 +31,10 @@ def takes_hints(model: torch.nn.Module) -> bool:
     return getattr(model, "in_channels", 1) == hints.CHANNELS
 
 
-def pair_maker(entry: dict, mono: float = 0.0) -> Callable | None:
+def pair_maker(entry: dict, mono: float = 0.0) -> Callable:
     """The training ``make_pair(rgb, gen)`` of a zoo entry: guided entries simulate hints from the
     truth at every step (``hints.make_pair`` with the entry's ``guide`` keys); ``mono`` > 0 gives
-    single-filter grey inputs; None: the plain pair of the entry's colour space."""
+    single-filter grey inputs; else the plain pair of the entry's colour space."""
     if is_guided(entry):
         if mono > 0:
             raise SystemExit(f"params.yaml: pretrain.mono={mono:g} is for the automatic colorizers; a guided "
@@ -42,7 +42,7 @@ def pair_maker(entry: dict, mono: float = 0.0) -> Callable | None:
         cfg = hints.GuideConfig.from_params(entry.get("guide"))
         return lambda rgb, gen: hints.make_pair(rgb, gen, cfg)
     space = entry["color_space"]
-    return (lambda rgb, gen: make_pair(rgb, space, mono, gen)) if mono > 0 else None
+    return lambda rgb, gen: make_pair(rgb, space, mono, gen)
 
 
 def make_pair(rgb: torch.Tensor, color_space: str, mono: float = 0.0, gen: torch.Generator | None = None
@@ -156,3 +156,28 @@ def _ab_samples(images, limit: int = 400, stride: int = 4):
     for i in range(0, len(images), step):
         img = images[i][:, ::stride, ::stride].float().div(255.0)
         yield color.rgb_to_lab(img[None])[:, 1:]
+
+
+def spread(tiles, n: int):
+    """At most ``n`` of ``tiles``, evenly spread over them (so over the val images, in split order)."""
+    if len(tiles) <= n:
+        return tiles
+    return tiles[torch.linspace(0, len(tiles) - 1, n).long()]
+
+
+@torch.no_grad()
+def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
+                    device: torch.device) -> tuple[float, dict[str, float]]:
+    """The a*b scale of ``strengths`` with the lowest a*b L1 on the val tiles (uint8), and each one's
+    val a*b L1. The prediction is made once; scaling its a*b is exact in L*a*b* (the final RGB
+    conversion may clip a few out-of-gamut colours, which the test scores include)."""
+    err = torch.zeros(len(strengths), dtype=torch.float64)
+    n = 0
+    for i in range(0, len(val), batch):
+        rgb = val[i:i + batch].to(device).float().div_(255.0)
+        ab_true, ab_pred = color.rgb_to_lab(rgb)[:, 1:], color.rgb_to_lab(fn(rgb))[:, 1:]
+        for j, s in enumerate(strengths):
+            err[j] += (ab_pred * s - ab_true).abs().double().sum().cpu()
+        n += ab_true.numel()
+    per = {f"{s:g}": float(e / n) for s, e in zip(strengths, err, strict=True)}
+    return strengths[int(err.argmin())], per

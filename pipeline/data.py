@@ -302,3 +302,23 @@ def load_colour_tiles(packed_dir: Path, crop: int, split: str = "train"
     facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
              "grey_skipped": all_rows - len(rows), "pixels_sha256": images_sha256(tiles)}
     return tiles, facts, [r["image_id"] for r in rows]
+
+
+# --- the split: by a hash of the image id (stage ``split``; the release re-evaluation too) ---------
+
+def image_hash(image_id: str) -> float:
+    """sha256 of the id as a number in [0, 1)."""
+    return int(hashlib.sha256(image_id.encode("utf-8")).hexdigest(), 16) / 2**256
+
+
+def choose_test_images(image_ids: set[str], test_fraction: float) -> set[str]:
+    """The image ids assigned to test (never empty for >= 2 images)."""
+    if len(image_ids) < 2:
+        raise SystemExit(f"split: {len(image_ids)} image(s) in tiles.csv, need at least 2 for a "
+                         "train/test split; add images (scrape.sources) or lower tile.min_content")
+    test = {i for i in image_ids if image_hash(i) < test_fraction}
+    if not test:
+        test = {min(image_ids, key=image_hash)}
+    if test == image_ids:
+        raise SystemExit(f"split: split.test_fraction {test_fraction} puts every image in test; lower it")
+    return test

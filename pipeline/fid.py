@@ -102,3 +102,15 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 def fid_from_activations(acts1: torch.Tensor, acts2: torch.Tensor) -> float:
     """FID between two sets of activations (N1, D) and (N2, D)."""
     return frechet_distance(*statistics(acts1), *statistics(acts2))
+
+
+def fid_model(n: int, dims: int, device: torch.device) -> tuple[torch.nn.Module | None, str | None]:
+    """Inception for FID, or (None, reason). The tile count is checked first: it needs no download."""
+    reason = fid_blocker(n, dims)
+    if reason is None:
+        try:
+            return inception(dims, device), None
+        except FIDUnavailable as e:
+            reason = str(e)
+    print(f"FID skipped: {reason}")
+    return None, reason

@@ -8,7 +8,7 @@ PSNR on RGB (truth L* with the predicted a*b*, 8-bit range):
 
 - ``model``: the guided generator given those points;
 - ``nearest``: each pixel takes the colour of the nearest point in (L*/10, x, y), positions in
-  units of a quarter of the tile diagonal (DESIGN.md's reference; grey with no point);
+  units of a quarter of the tile diagonal (docs/design.md's reference; grey with no point);
 - ``grey``: a*b* = 0.
 
 With a reference (``reference``): for each tile, another tile of the same image (the next one of

@@ -12,16 +12,17 @@ A guided generator (``pipeline.models.guided_unet``) takes ``CHANNELS`` input ch
 0     the grey image, L* / 50 - 1 (what every automatic colorizer gets)
 1, 2  hint a*b* / 110 at the hinted pixels, 0 elsewhere   } Zhang et al. 2017's local hint map
 3     hint mask: 1 at the hinted pixels                     }
-4, 5  a*b* / 110 of the nearest hint in (L*/10, x, y), x and y in units of a quarter of the image
-      diagonal (the non-learned propagation of DESIGN.md's guided colour reference)
-6     1 - exp(-that distance / 2): 0 at a hint, towards 1 far from every hint, exactly 1 with none
+4, 5  a*b* / 110 propagated from the hints: their average weighted by a Gaussian of the distance in
+      (L*/10, x, y), x and y in units of a quarter of the image diagonal (``SIGMA``; as sigma -> 0,
+      the nearest hint of docs/design.md's guided colour reference, which it beats)
+6     1 - exp(-distance to the nearest hint / 2): 0 at a hint, towards 1 far away, exactly 1 with none
 7, 8  the reference palette at each pixel's L*, a*b* / 110  } the global hint, rendered through L*
 9     1 where a reference was given
 ====  ========================================================================================
 
 With no guidance, channels 1-9 are (0, 0, 0, 0, 0, 1, 0, 0, 0): the automatic colorizer's input.
-The palette is soft-binned (hat functions on ``BINS`` L* centres, empty bins take the nearest filled
-one), so it is a smooth function of L* and differentiable work stays vectorised on any device.
+The palette is the median a*b* per L* bin (``BINS`` centres, 5 L* apart; empty bins take the
+nearest filled one), rendered at each pixel's L* by linear interpolation between the centres.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ import torch
 from pipeline import color
 
 CHANNELS = 10
-BINS = 11                      # palette centres at L* = 0, 10, ..., 100
+BINS = 21                      # palette centres at L* = 0, 5, ..., 100
 BIN_WIDTH = 100.0 / (BINS - 1)
-L_UNIT = 10.0                  # L* units per unit of distance (DESIGN.md's nearest-hint reference)
+L_UNIT = 10.0                  # L* units per unit of distance (docs/design.md's nearest-hint reference)
 DIST_SCALE = 2.0               # channel 6 = 1 - exp(-distance / DIST_SCALE)
 _CHUNK = 64                    # hints per distance block (bounded memory with many hints)
+SIGMA = 0.4                    # Gaussian width of the hint propagation, in distance units
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,15 @@ class GuideConfig:
     patch: tuple[int, int] = (1, 9)  # patch side, px, drawn uniformly in [lo, hi]
     where: str = "normal"          # normal: N(0.5, 0.25) of the size, clipped | uniform
     reference: float = 0.5         # share of samples given a reference (another crop of the same image)
+    desaturate: float = 0.25       # share of samples with a*b* (truth, hints, reference) scaled by U(0, 1)
 
     @classmethod
     def from_params(cls, section: dict | None) -> GuideConfig:
         s = dict(section or {})
-        known = {"p", "none", "max_points", "patch", "where", "reference"}
+        known = {"p", "none", "max_points", "patch", "where", "reference", "desaturate"}
         cfg = cls(**{k: (tuple(v) if k == "patch" else v) for k, v in s.items() if k in known})
-        if not 0 < cfg.p <= 1 or not 0 <= cfg.none <= 1 or not 0 <= cfg.reference <= 1:
-            raise SystemExit(f"params.yaml: guide {s}: p in (0, 1], none and reference in [0, 1]")
+        if not 0 < cfg.p <= 1 or not all(0 <= v <= 1 for v in (cfg.none, cfg.reference, cfg.desaturate)):
+            raise SystemExit(f"params.yaml: guide {s}: p in (0, 1]; none, reference, desaturate in [0, 1]")
         if cfg.where not in ("normal", "uniform") or not 1 <= cfg.patch[0] <= cfg.patch[1]:
             raise SystemExit(f"params.yaml: guide {s}: where normal|uniform, patch [lo, hi], 1 <= lo <= hi")
         return cfg
@@ -126,32 +129,56 @@ def point_lightness(points: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
                          for y0, x0, s, _, _ in points.tolist()])
 
 
+def _distances2(pts: torch.Tensor, point_L: torch.Tensor, L: torch.Tensor, origin: tuple[int, int],
+                unit: float) -> torch.Tensor:
+    """Squared distances (P, h, w) in (L*/10, y/unit, x/unit) from points (P, 5) to a block's pixels."""
+    h, w = L.shape
+    ys = torch.arange(h, device=L.device, dtype=torch.float32) + origin[0]
+    xs = torch.arange(w, device=L.device, dtype=torch.float32) + origin[1]
+    cy, cx = pts[:, 0] + (pts[:, 2] - 1) / 2, pts[:, 1] + (pts[:, 2] - 1) / 2
+    return (((L[None] - point_L[:, None, None]) / L_UNIT) ** 2
+            + ((ys[None, :, None] - cy[:, None, None]) / unit) ** 2
+            + ((xs[None, None, :] - cx[:, None, None]) / unit) ** 2)
+
+
 def nearest(points: torch.Tensor, point_L: torch.Tensor, L: torch.Tensor, origin: tuple[int, int],
             unit: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Each pixel's nearest point in (L*/10, y/unit, x/unit): its a*b* (2, h, w) in CIE units and the
     distance (h, w), for the block of L* (h, w) whose top-left is image px ``origin``. ``unit``: a
     quarter of the image diagonal in px. No points: zeros and +inf."""
-    h, w = L.shape
-    best = torch.full((h, w), math.inf, device=L.device)
-    ab = torch.zeros(2, h, w, device=L.device)
-    if len(points) == 0:
-        return ab, best
-    pts = points.to(L.device)
-    ys = torch.arange(h, device=L.device, dtype=torch.float32) + origin[0]
-    xs = torch.arange(w, device=L.device, dtype=torch.float32) + origin[1]
-    cy, cx = pts[:, 0] + (pts[:, 2] - 1) / 2, pts[:, 1] + (pts[:, 2] - 1) / 2
-    pl = point_L.to(L.device)
+    best = torch.full(L.shape, math.inf, device=L.device)
+    ab = torch.zeros(2, *L.shape, device=L.device)
+    pts, pl = points.to(L.device), point_L.to(L.device)
     for i in range(0, len(pts), _CHUNK):
-        sl = slice(i, i + _CHUNK)
-        d2 = (((L[None] - pl[sl, None, None]) / L_UNIT) ** 2
-              + ((ys[None, :, None] - cy[sl, None, None]) / unit) ** 2
-              + ((xs[None, None, :] - cx[sl, None, None]) / unit) ** 2)
-        d2min, arg = d2.min(dim=0)
-        d = d2min.sqrt()
+        d, arg = _distances2(pts[i:i + _CHUNK], pl[i:i + _CHUNK], L, origin, unit).min(dim=0)
+        d = d.sqrt()
         closer = d < best
         best = torch.where(closer, d, best)
-        ab = torch.where(closer[None], pts[sl, 3:5][arg].permute(2, 0, 1), ab)
+        ab = torch.where(closer[None], pts[i:i + _CHUNK, 3:5][arg].permute(2, 0, 1), ab)
     return ab, best
+
+
+def propagate(points: torch.Tensor, point_L: torch.Tensor, L: torch.Tensor, origin: tuple[int, int],
+              unit: float, sigma: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points' a*b* (2, h, w) averaged with Gaussian weights exp(-d^2 / 2 sigma^2) of their distance
+    d (as :func:`nearest`), streamed over blocks of points (a running log-sum-exp), and the distance
+    to the nearest point (h, w). No points: zeros and +inf."""
+    ab = torch.zeros(2, *L.shape, device=L.device)
+    best = torch.full(L.shape, math.inf, device=L.device)
+    top = torch.full(L.shape, -math.inf, device=L.device)   # the running max log-weight
+    total = torch.zeros(L.shape, device=L.device)
+    pts, pl = points.to(L.device), point_L.to(L.device)
+    for i in range(0, len(pts), _CHUNK):
+        d2 = _distances2(pts[i:i + _CHUNK], pl[i:i + _CHUNK], L, origin, unit)
+        best = torch.minimum(best, d2.min(dim=0).values.sqrt())
+        logw = -d2 / (2 * sigma ** 2)
+        new_top = torch.maximum(top, logw.max(dim=0).values)
+        keep = torch.exp(top - new_top)
+        wts = torch.exp(logw - new_top[None])
+        total = total * keep + wts.sum(0)
+        ab = ab * keep[None] + torch.einsum("phw,pc->chw", wts, pts[i:i + _CHUNK, 3:5])
+        top = new_top
+    return (ab / total.clamp(min=1e-30)[None] if len(pts) else ab), best
 
 
 def unit_of(h: int, w: int) -> float:
@@ -167,19 +194,25 @@ def _hat(L: torch.Tensor) -> torch.Tensor:
     return (1 - (L[..., None].float() - centres).abs() / BIN_WIDTH).clamp(min=0)
 
 
-def palette(lab: torch.Tensor, min_weight: float = 1.0) -> torch.Tensor:
-    """The soft palette of each image of L*a*b* (N, 3, H, W): (N, 2, BINS) mean a*b* per L* centre
-    (pixels weighted by hat functions). A centre with less than ``min_weight`` pixel weight takes the
-    value of the nearest centre that has it; an image with none at all gets grey."""
-    wts = _hat(lab[:, 0]).flatten(1, 2)                            # (N, P, BINS)
-    ab = lab[:, 1:].flatten(2).float()                             # (N, 2, P)
-    mass = wts.sum(1)                                              # (N, BINS)
-    pal = torch.einsum("ncp,npk->nck", ab, wts) / mass.clamp(min=1e-6)[:, None]
-    filled = mass >= min_weight
+def palette(lab: torch.Tensor, min_count: int = 8) -> torch.Tensor:
+    """The palette of each image of L*a*b* (N, 3, H, W): (N, 2, BINS) the median a*b* of its pixels
+    nearest each L* centre (the median: robust to a few bright stars). A centre with fewer than
+    ``min_count`` pixels takes the value of the nearest centre that has them; an image with none
+    at all gets grey."""
+    n = len(lab)
+    bins = (lab[:, 0] / BIN_WIDTH).round().long().clamp(0, BINS - 1).flatten(1)   # (N, P)
+    ab = lab[:, 1:].flatten(2).float()                                             # (N, 2, P)
+    pal = torch.zeros(n, 2, BINS, device=lab.device)
+    filled = torch.zeros(n, BINS, dtype=torch.bool, device=lab.device)
+    for i in range(n):
+        counts = torch.bincount(bins[i], minlength=BINS)
+        for k in (counts >= min_count).nonzero().flatten().tolist():
+            pal[i, :, k] = ab[i][:, bins[i] == k].median(dim=1).values
+            filled[i, k] = True
     idx = torch.arange(BINS, device=lab.device, dtype=torch.float32)
-    gap = (idx[:, None] - idx[None]).abs()[None].expand(len(lab), -1, -1).clone()  # (N, k, j)
+    gap = (idx[:, None] - idx[None]).abs()[None].expand(n, -1, -1).clone()         # (N, k, j)
     gap[~filled[:, None, :].expand_as(gap)] = math.inf
-    src = gap.argmin(dim=2)                                        # (N, BINS): the nearest filled bin
+    src = gap.argmin(dim=2)                                                        # the nearest filled bin
     pal = torch.gather(pal, 2, src[:, None].expand(-1, 2, -1))
     return torch.where(filled.any(1)[:, None, None], pal, torch.zeros_like(pal))
 
@@ -217,7 +250,7 @@ def encode(L: torch.Tensor, guide: Guide | None, origin: tuple[int, int] = (0, 0
         return x
     if len(guide.points):
         x[1:4] = hint_map(guide.points, h, w, origin, L.device)
-        ab, dist = nearest(guide.points, guide.point_L, L, origin, guide.unit)
+        ab, dist = propagate(guide.points, guide.point_L, L, origin, guide.unit, SIGMA)
         x[4:6] = ab / color.AB_SCALE
         x[6] = 1 - torch.exp(-dist / DIST_SCALE)
     if guide.palette is not None:
@@ -238,7 +271,7 @@ def prior(x: torch.Tensor) -> torch.Tensor:
     """The non-learned guided colour (N, 2, H, W), a*b* / 110, that a guided generator corrects:
     near a hint, the nearest hint's colour; far from every hint (or with none), the reference's
     palette where one was given; else grey. With hints and no reference, the nearest hint's colour
-    everywhere (DESIGN.md's propagation)."""
+    everywhere (docs/design.md's propagation)."""
     has_hint = (x[:, 6:7] < 1).float()
     has_ref = x[:, 9:10]
     near = (1 - x[:, 6:7]).clamp(min=0) ** 8   # exp(-distance / 0.25): 1 at a hint, 1/e at 0.25 units
@@ -265,9 +298,16 @@ def simulate(lab: torch.Tensor, ref_lab: torch.Tensor | None, gen: torch.Generat
 def make_pair(rgb: torch.Tensor, gen: torch.Generator, cfg: GuideConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(guided input, a*b* / 110 target) of a crop batch: RGB in [0, 1] (N, 3, H, W), or (N, 6, H, W)
     with a reference crop of the same image in channels 3-5 (the Feeder's ``siblings`` mode). With
-    3 channels the crop is its own reference (validation)."""
+    3 channels the crop is its own reference (validation). A ``cfg.desaturate`` share of the samples
+    has its a*b* scaled down (truth, hints and reference alike): how faint or little-processed
+    images look, whose colour a model cannot tell from grey alone."""
     lab = color.rgb_to_lab(rgb[:, :3].float())
-    ref = color.rgb_to_lab(rgb[:, 3:6, ::4, ::4].float()) if rgb.shape[1] == 6 else lab[..., ::4, ::4]
+    ref = color.rgb_to_lab(rgb[:, 3:6, ::4, ::4].float()) if rgb.shape[1] == 6 else lab[..., ::4, ::4].clone()
+    if cfg.desaturate > 0:  # faint, low-colour versions: with nothing to go on, a model learns restraint
+        pick = torch.rand(len(lab), generator=gen) < cfg.desaturate
+        scale = torch.where(pick, torch.rand(len(lab), generator=gen), torch.ones(len(lab))).to(lab.device)
+        lab[:, 1:] *= scale[:, None, None, None]
+        ref[:, 1:] *= scale[:, None, None, None]
     return simulate(lab, ref, gen, cfg), color.normalize_ab(lab[:, 1:])
 
 

@@ -161,3 +161,12 @@ def mean_over_tiles(batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     if bad:
         raise ValueError(f"non-finite metric(s) {bad}: a prediction contains NaN or inf")
     return means
+
+
+def round_sig(obj, digits: int = 6):
+    """Round every float in a nested dict/list to ``digits`` significant digits (ints, str, None kept)."""
+    if isinstance(obj, dict):
+        return {k: round_sig(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [round_sig(v, digits) for v in obj]
+    return float(f"{obj:.{digits}g}") if isinstance(obj, float) else obj

@@ -12,6 +12,37 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = Path(os.environ.get("ASTROGAN_PARAMS", "params.yaml"))
+DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"  # the DAG the stages belong to
+
+
+def dvc_stages(dvc_file: str | os.PathLike = DVC_FILE) -> dict[str, dict]:
+    """dvc.yaml's stages in their order, each as its ``do`` body for a ``foreach`` stage plus the
+    ``foreach`` expression (``foreach`` key, None for a plain stage)."""
+    spec = yaml.safe_load(Path(dvc_file).read_text())["stages"]
+    return {name: {**s.get("do", s), "foreach": s.get("foreach")} for name, s in spec.items()}
+
+
+def dotted(params: dict, key: str) -> Any:
+    """``params["a"]["b"]["c"]`` for ``key`` "a.b.c" (a KeyError names the missing part)."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"params.yaml has no {key!r} (at {part!r})")
+        node = node[part]
+    return node
+
+
+def stage_params(stage: str, params: dict, item: str | None = None,
+                 dvc_file: str | os.PathLike = DVC_FILE) -> dict[str, Any]:
+    """Exactly the params dvc.yaml lists for ``stage`` (``${item}`` read as ``item``), as
+    {dotted key: value} in dvc.yaml's order: what a training phase hashes for resume and keeps in its
+    card, so that the code and the DAG cannot disagree about what a stage reads."""
+    keys = dvc_stages(dvc_file)[stage].get("params") or []
+    out = {}
+    for key in keys:
+        key = key.replace("${item}", str(item)) if item is not None else key
+        out[key] = dotted(params, key)
+    return out
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -24,26 +24,28 @@ import numpy as np
 import torch
 
 from pipeline import colorizer, guided_eval, superres, weights
-from pipeline.data import load_rgb, read_packed
+from pipeline.data import choose_test_images, load_rgb, read_packed
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
+from pipeline.params import load_params
 from pipeline.sources.embedded import VENDORED
-from pipeline.stages.split import choose_test_images
-from pipeline.stages.tile import TileConfig, scored_tiles
+from pipeline.tileset import TileConfig, scored_tiles
 
-CFG, TEST_FRACTION = TileConfig(size=256, stride=256, min_content=0.05), 0.1  # default tile and split params
+ROOT = Path(__file__).resolve().parents[1]
 EXTRA_IDS = ("skimage-hubble_deep_field",)          # the embedded source's other image
 
 
 def default_test_tiles() -> tuple[torch.Tensor, list[str]]:
     """The default run's test tiles as uint8 (N, 3, 256, 256) and their tile ids, from the repo."""
     records = [json.loads(line) for line in (VENDORED / "manifest.jsonl").read_text().splitlines() if line]
-    test = choose_test_images({r["id"] for r in records} | set(EXTRA_IDS), TEST_FRACTION)
+    params = load_params(ROOT / "params.yaml")  # the repository's defaults: what `make repro` cuts
+    cfg, test_fraction = TileConfig.from_params(params), float(params["split"]["test_fraction"])
+    test = choose_test_images({r["id"] for r in records} | set(EXTRA_IDS), test_fraction)
     tiles, ids = [], []
     for rec in sorted(records, key=lambda r: r["id"]):
         if rec["id"] not in test:
             continue
-        for y, x, tile, score in scored_tiles(load_rgb(VENDORED / rec["file"]), CFG):
-            if score >= CFG.min_content:
+        for y, x, tile, score in scored_tiles(load_rgb(VENDORED / rec["file"]), cfg):
+            if score >= cfg.min_content:
                 tiles.append(tile.transpose(2, 0, 1))
                 ids.append(f"{rec['id']}_{y}_{x}")
     return torch.from_numpy(np.stack(tiles)), ids
@@ -101,10 +103,8 @@ def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch
                             strengths: tuple[float, ...], max_tiles: int = 256) -> tuple[float, dict]:
     """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8), as the
     evaluate stage chooses it for the project's models; and each strength's val a*b L1."""
-    from pipeline.stages.evaluate import choose_strength, spread
-
-    return choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
-                           spread(val, max_tiles), strengths, 8, torch.device("cpu"))
+    return colorizer.choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
+                           colorizer.spread(val, max_tiles), strengths, 8, torch.device("cpu"))
 
 
 def evaluate(name: str) -> dict:

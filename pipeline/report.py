@@ -139,7 +139,7 @@ close on most pixels), and a regression loss (L1) on a\\*b\\* pulls uncertain pi
 brownish mean colour instead of leaving them grey; the paper saw the same "grayish tinge". The
 default run also trains for about a minute per phase on a CPU, from random init when the ImageNet
 encoder weights are unavailable offline (see the model card). The same architecture trained for
-minutes on a GPU is still 1.3-1.5x worse than grey on held-out Hubble images (DESIGN.md, "Quality
+minutes on a GPU is still 1.3-1.5x worse than grey on held-out Hubble images (docs/design.md, "Quality
 reference"). The zoo's other colour options (classification over quantized a\\*b\\* with
 rebalancing, Zhang et al. 2016; colour at 1/4 resolution; pretraining on astronomical tiles) and
 what they reach on 381 ESA/Hubble images are in docs/colour_study.md. The bounds below show how
@@ -473,3 +473,37 @@ def render_superres_report(metrics: dict, params: dict) -> str:
         "each model pretrained and fine-tuned; rows alternate a test tile (halved) and its centre "
         f"{params.get('sr_evaluate', {}).get('zoom', '?')} px shown at 2x.*\n",
     ])
+
+
+def summary(colorization: dict, superres: dict, data: dict) -> dict:
+    """The headline numbers DVC tracks (``metrics/summary.json``; ``dvc exp show`` / ``dvc metrics
+    diff``): per task the best model against its baseline, guided colour at 10 points and with a
+    reference, FID where it could be computed, and the data counts. Numbers only (the names of the
+    best models are in report.md); the detailed tables stay in colorization.json and superres.json."""
+    out: dict = {}
+    grey = colorization["grey"]["ab_l1"]
+    scored = [(m["ab_l1"], name, stage, m) for name, stages in colorization.items()
+              if name not in TOP_LEVEL and isinstance(stages, dict) for stage, m in stages.items()]
+    if scored:
+        best = min(scored, key=lambda t: t[0])[3]
+        out["colorize"] = {"ab_l1": best["ab_l1"],
+                           "vs_grey": round(best["ab_l1"] / grey, 4) if grey else None,
+                           **({"fid": best["fid"]} if best.get("fid") is not None else {})}
+    guided = colorization.get("guided") or {}
+    if guided:
+        g = min(guided.values(), key=lambda r: r["points"].get("10", {}).get("model", float("inf")))
+        ten = g["points"].get("10") or {}
+        ref = g.get("reference") or {}
+        out["guided"] = {"points10_vs_grey": ten.get("model_vs_grey"),
+                         "nearest10_vs_grey": ten.get("nearest_vs_grey"),
+                         **({"reference_vs_grey": ref["model_vs_grey"],
+                             "palette_vs_grey": ref["palette_vs_grey"]} if ref else {})}
+    sr = [(m["psnr_y"], m) for name, stages in superres.items()
+          if name not in SR_TOP_LEVEL and isinstance(stages, dict) for m in stages.values()
+          if isinstance(m, dict) and "psnr_y" in m]
+    if sr:
+        psnr, best = max(sr, key=lambda t: t[0])
+        out["superres"] = {"psnr_y": psnr, "gain_db": round(psnr - superres["bicubic"]["psnr_y"], 4),
+                           **({"fid": best["fid"]} if best.get("fid") is not None else {})}
+    out["data"] = {k: v for k, v in data.items() if v is not None}
+    return out

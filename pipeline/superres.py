@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import check_crop, packed_paths, read_packed
+from pipeline.data import check_crop, images_sha256, packed_paths, read_packed
 from pipeline.fsio import sha256_file
 from pipeline.metrics import MIN_MSE, RGB, gaussian_kernel1d, l1_per_channel, l2_per_channel, psnr, ssim
-from pipeline.train import images_sha256
+from pipeline.params import stage_params
 
 
 @dataclass(frozen=True)
@@ -204,15 +204,10 @@ def generator_kwargs(params: dict, name: str) -> dict:
 
 
 def phase_params(params: dict, name: str, phase: str) -> dict:
-    """Exactly the params an SR phase reads (as dvc.yaml lists them): hashed for resume, kept in the card."""
-    s = params["superres"]
-    out = {k: params[k] for k in ("seed", "device", "lr", "train", phase)}
-    out[f"superres.zoo.{name}"] = zoo_entry(params, name)
-    keys = ["scale", "degradation", "pixel_loss"]
-    if phase == "sr_finetune":
-        keys += ["adversarial_weight", "perceptual_weight", "perceptual_layer"]
-    out.update({f"superres.{k}": s[k] for k in keys})
-    return out
+    """Exactly the params an SR phase reads: dvc.yaml's list for the stage, hashed for resume and kept
+    in the card."""
+    zoo_entry(params, name)
+    return stage_params(phase, params, name)
 
 
 def load_train_tiles(packed_dir: Path, crop: int, scale: int) -> tuple[torch.Tensor, dict]:

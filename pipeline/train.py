@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import colorizer, distributed
+from pipeline import distributed
 from pipeline.data import Feeder, images_sha256  # noqa: F401 (re-exported)
 from pipeline.fsio import atomic_path, write_csv_atomic, write_json_atomic
 from pipeline.models import save_generator
-from pipeline.params import resolve_device
+from pipeline.params import resolve_device, stage_params
 
 PRETRAIN_FIELDS = ["step", "loss_g_l1"]
 FINETUNE_FIELDS = ["step", "loss_g_gan", "loss_g_l1", "loss_d", "loss_d_real", "loss_d_fake"]
@@ -134,11 +134,10 @@ def zoo_entry(params: dict, name: str) -> dict:
 
 
 def phase_params(params: dict, name: str, phase: str) -> dict:
-    """Exactly the params a phase reads (as dvc.yaml lists them): hashed for resume, kept in the card."""
-    keys = ["seed", "device", "lr"] + (["model"] if phase == "pretrain" else []) + ["train", phase]
-    out = {k: params[k] for k in keys}
-    out[f"colorize.zoo.{name}"] = zoo_entry(params, name)
-    return out
+    """Exactly the params a phase reads: dvc.yaml's list for the stage (``params.stage_params``), hashed
+    for resume and kept in the card."""
+    zoo_entry(params, name)  # an unknown model name: one line first
+    return stage_params(phase, params, name)
 
 
 class WassersteinGP(nn.Module):
@@ -353,9 +352,9 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
 class Run:
     """What :func:`fit` trains and where it keeps its state. ``D`` is None for pixel-loss pretraining.
 
-    ``make_pair(rgb, gen)`` turns a crop batch (RGB in [0, 1]) into (input, target) on the device;
+    ``make_pair(rgb, gen)`` (required) turns a crop batch (RGB in [0, 1]) into (input, target) on the device;
     ``gen`` is the run's CPU generator (saved with the resume state), for random degradations.
-    None: the colorizer pair of ``color_space``."""
+    Each task supplies its own (``colorizer.pair_maker``, ``superres.make_pair``)."""
 
     name: str
     phase: str                              # pretrain | finetune
@@ -512,7 +511,9 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     val_images = run.val_images.to(device) if validate else None
     obj = run.objective
     log = _Log(obj.fields(gan=D is not None)[1:], device, saved_log)
-    pair = run.make_pair or (lambda rgb, _gen: colorizer.make_pair(rgb, run.color_space))
+    if run.make_pair is None:
+        raise ValueError(f"{run.name} {run.phase}: Run.make_pair is required (the task's input/target pair)")
+    pair = run.make_pair
     pixel_weight = cfg.l1_weight if obj.pixel_weight is None else obj.pixel_weight
     mine = job.shard(cfg.batch_size)
     write = _writer(run, job)
@@ -590,8 +591,10 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
 def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: str, arch_kwargs: dict,
            card: dict) -> dict:
     """Write the generator checkpoint and its card (``<out>.card.json``, also inside the checkpoint),
-    then drop the resume file. ``card`` holds the phase-specific facts; the common ones are added.
-    On ranks other than 0 of a torchrun job, only returns the card (rank 0 writes)."""
+    then drop the resume file. The card holds no timings (the same inputs give the same bytes): they
+    go to ``<resume file>.timing.json`` and, as ``card["timing"]``, to the caller. ``card`` holds the
+    phase-specific facts; the common ones are added. On ranks other than 0 of a torchrun job, only
+    returns the card (rank 0 writes)."""
     steps_run = result.get("steps_run", cfg.steps)
     validation = result.get("validation")
     card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs,
@@ -600,17 +603,24 @@ def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: st
             **({"time_limit_s": cfg.time_limit_s, "time_limited": True}
                if result.get("time_limited") else {}),
             "batch_size": cfg.batch_size, "crop": cfg.crop, "precision": cfg.precision,
-            "wall_time_s": result["elapsed_s"],
-            "seconds_per_step": round(result["elapsed_s"] / steps_run, 4) if steps_run else None,
             "device": result["device"], "processes": result.get("processes", 1),
             "feeding": result.get("feeding"), "compiled": result.get("compiled", False),
             "channels_last": result.get("channels_last", False),
-            "torch": str(torch.__version__), "started": result["started"], "finished": utc_now(),
+            "torch": str(torch.__version__),
             "final_losses": {k: v for k, v in (result["rows"] or [{}])[-1].items() if k != "step"}}
+    # Timings and timestamps differ run to run: they go to a log beside the resume file (not a DVC
+    # output), so that a rerun with the same inputs gives the same card and checkpoint bytes.
+    timing = {"wall_time_s": result["elapsed_s"],
+              "seconds_per_step": round(result["elapsed_s"] / steps_run, 4) if steps_run else None,
+              "started": result["started"], "finished": utc_now()}
+    card["timing"] = timing  # for the caller's message; removed before anything is written
     if not result.get("main", True):
         return card
+    write_json_atomic(run.resume_path.with_suffix(".timing.json"),
+                      {"name": run.name, "phase": run.phase, **timing})
+    written = {k: v for k, v in card.items() if k != "timing"}
     save_generator(out_path, run.G, arch=arch, arch_kwargs=arch_kwargs, color_space=run.color_space,
-                   step=validation["best_step"] if validation else steps_run, card=card)
-    write_json_atomic(out_path.with_suffix(".card.json"), card)
+                   step=validation["best_step"] if validation else steps_run, card=written)
+    write_json_atomic(out_path.with_suffix(".card.json"), written)
     run.resume_path.unlink(missing_ok=True)
     return card

@@ -32,7 +32,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = ["scrape", "natural", "dedup", "tile", "split", "pack"]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.params import dotted, dvc_stages  # noqa: E402
+
+RUN = {"scrape", "natural", "dedup", "tile", "split", "pack", "sr_pretrain", "pretrain", "finetune"}
 
 
 def set_dotted(params: dict, key: str, value) -> None:
@@ -54,15 +58,17 @@ def dvc_command(overrides: dict) -> str:
 
 
 def stage_plan(params: dict) -> list[tuple[str, list[str], float]]:
-    """(stage, args, its phase's time limit) in the DAG's order, for the models the params name."""
-    plan = [("scrape", [src], 0.0) for src in params["scrape"]["sources"]]
-    plan += [(s, [], 0.0) for s in DATA_STAGES[1:]]
-    plan += [("sr_pretrain", [m], float(params["sr_pretrain"].get("time_limit_s", 0)))
-             for m in params["superres"]["models"]]
-    plan += [("pretrain", [m], float(params["pretrain"].get("time_limit_s", 0)))
-             for m in params["colorize"]["pretrain"]]
-    plan += [("finetune", [m], float(params["finetune"].get("time_limit_s", 0)))
-             for m in params["colorize"]["finetune"]]
+    """(stage, args, its phase's time limit) of the ``RUN`` stages, in dvc.yaml's order, a ``foreach``
+    stage once per item of the params list it names."""
+    plan = []
+    for name, stage in dvc_stages(ROOT / "dvc.yaml").items():
+        if name not in RUN:
+            continue
+        items = [None]
+        if stage["foreach"]:
+            items = dotted(params, stage["foreach"].removeprefix("${").removesuffix("}"))
+        limit = float((params.get(name) or {}).get("time_limit_s", 0) or 0)
+        plan += [(name, [] if item is None else [str(item)], limit) for item in items]
     return plan
 
 

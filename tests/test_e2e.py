@@ -2,8 +2,10 @@
 
 Runs `dvc repro` (every stage for real: scrape, natural, dedup, tile, split, pretrain and finetune
 of the three default colorizers, evaluate, the SR stages, report), checks every metric is a finite
-number (FID may be null, with a reason), that a second `dvc repro` does nothing, and that
-`dvc exp run -S lr=...` changes what `dvc metrics diff` shows.
+number (FID may be null, with a reason), that a second `dvc repro` does nothing, that `dvc repro
+-f` gives the same dvc.lock (repeatable outputs), that `dvc exp run -S lr=...` changes what `dvc
+metrics diff` shows (summary.json), and that running that experiment again comes back from DVC's
+run-cache without retraining.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ TINY = {
     "pretrain": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
     "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1,
                  "eval_every": 2, "patience": 1},
-    "colorize": {"zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}}}},  # a per-entry override
-    "evaluate": {"batch_size": 8, "grid_samples": 2},
+    "colorize": {"zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}},  # a per-entry override
+                         "resnet18_lab_guided": {"pretrain": {"crop": 64}, "finetune": {"crop": 64}}}},
+    "evaluate": {"batch_size": 8, "grid_samples": 2, "guided_points": [0, 2, 10]},
     "sr_pretrain": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
     "sr_finetune": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
     "sr_evaluate": {"batch_size": 8, "grid_samples": 2, "zoom": 32},
@@ -89,6 +92,7 @@ def test_whole_dag_on_tiny_params(tmp_path):
     out = _run(["dvc", "repro"], proj)
     for stage in ("scrape@embedded", "natural", "dedup", "tile", "split", "pretrain@resnet18_lab",
                   "pretrain@resnet18_rgb", "pretrain@unet_rgb", "finetune@resnet18_lab", "finetune@unet_rgb",
+                  "pretrain@resnet18_lab_guided", "finetune@resnet18_lab_guided",
                   "evaluate", "sr_pretrain@srresnet", "sr_pretrain@edsr",
                   "sr_pretrain@wdsr", "sr_finetune@srresnet", "sr_finetune@edsr", "sr_finetune@wdsr",
                   "sr_evaluate", "report"):
@@ -118,16 +122,29 @@ def test_whole_dag_on_tiny_params(tmp_path):
     assert (proj / "metrics/figures/colorization_grid.png").stat().st_size > 1000
     card = json.loads((proj / "models/colorize/resnet18_lab/finetuned.card.json").read_text())
     assert card["encoder_weights"]["used"] in ("imagenet", "random")
+    guided = metrics["guided"]["resnet18_lab_guided (finetuned)"]
+    assert set(guided["points"]) == {"0", "2", "10"} and guided["points"]["10"]["nearest_vs_grey"] < 1
+    assert (proj / "metrics/plots/guided.csv").read_text().startswith("points,grey,nearest_hint,")
+    summary = json.loads((proj / "metrics/summary.json").read_text())
+    assert set(summary) == {"colorize", "guided", "superres", "data"} and summary["data"]["test_tiles"] > 0
+    assert "Guided colour" in report
 
     again = _run(["dvc", "repro"], proj)
     assert "up to date" in again.lower() and "Running stage" not in again
+
+    # Repeatable outputs: rerunning every stage from scratch gives the same bytes, so the same lock.
+    lock = (proj / "dvc.lock").read_text()
+    _run(["dvc", "repro", "-f"], proj)
+    assert (proj / "dvc.lock").read_text() == lock
 
     _run(["git", "add", "-A"], proj)
     _run(["git", "commit", "-qm", "baseline run"], proj)
     _run(["dvc", "exp", "run", "-S", "lr=0.0001"], proj)
     diff = _run(["dvc", "metrics", "diff", "--json"], proj)
-    changed = json.loads(diff)
-    rows = changed.get("metrics/colorization.json", {})
-    assert any(k.startswith("resnet18_lab.") for k in rows), diff[:2000]
-    sr_rows = changed.get("metrics/superres.json", {})
-    assert any(k.startswith("edsr.") for k in sr_rows), diff[:2000]
+    rows = json.loads(diff).get("metrics/summary.json", {})
+    assert any(k.startswith("superres.") for k in rows) and any(k.startswith("colorize.") for k in rows), diff
+    # The same experiment again from the baseline: every stage comes back from DVC's run-cache.
+    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], proj)
+    _run(["dvc", "checkout", "--force"], proj)
+    again = _run(["dvc", "exp", "run", "-S", "lr=0.0001"], proj)
+    assert "Running stage" not in again and "skipping run" in again, again[-3000:]

@@ -16,6 +16,7 @@ from torch import nn
 
 import pipeline.models
 from pipeline import report
+from pipeline.metrics import round_sig
 from pipeline.models import save_generator
 from pipeline.stages import evaluate
 from tests.conftest import pack_project
@@ -89,7 +90,7 @@ def test_report_states_fid_reason_and_appends_sections():
 
 
 def test_round_sig_and_colour_rows():
-    assert evaluate.round_sig({"a": 1.23456789, "b": [2, None, "x"], "c": {"d": 123456789.0}}) == \
+    assert round_sig({"a": 1.23456789, "b": [2, None, "x"], "c": {"d": 123456789.0}}) == \
         {"a": 1.23457, "b": [2, None, "x"], "c": {"d": 123457000.0}}
     rows = [{"tile_id": "b", "grey": "0"}, {"tile_id": "a", "grey": "0"}, {"tile_id": "c", "grey": "1"}]
     kept, skipped = evaluate.colour_rows(rows)

@@ -31,8 +31,8 @@ def test_the_preset_names_only_keys_of_params_yaml_and_plans_the_dag_in_order():
     assert params["sr_pretrain"]["time_limit_s"] > 0 and params["pretrain"]["data"] == "both"
     plan = [(stage, args) for stage, args, _ in release_run.stage_plan(params)]
     assert plan == [("scrape", ["folder"]), ("natural", []), ("dedup", []), ("tile", []), ("split", []),
-                    ("pack", []), ("sr_pretrain", ["edsr"]), ("pretrain", ["resnet18_lab_cls_colour"]),
-                    ("finetune", ["resnet18_lab_cls_colour"])]
+                    ("pack", []), ("pretrain", ["resnet18_lab_cls_colour"]),
+                    ("finetune", ["resnet18_lab_cls_colour"]), ("sr_pretrain", ["edsr"])]
     with pytest.raises(SystemExit, match="'sr_pretrain.stepz' is not in params.yaml"):
         release_run.set_dotted(params, "sr_pretrain.stepz", 1)
     with pytest.raises(SystemExit, match="'lr' is not a section"):

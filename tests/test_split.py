@@ -6,9 +6,10 @@ import csv
 
 import pytest
 
+from pipeline.data import choose_test_images, image_hash
 from pipeline.fsio import write_csv_atomic
 from pipeline.stages import split
-from pipeline.stages.split import assign_rows, choose_test_images, image_hash, split_rows
+from pipeline.stages.split import assign_rows, split_rows
 
 FIELDS = ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.fsio import MANIFEST, write_jsonl_atomic
 from pipeline.stages import tile
-from pipeline.stages.tile import TileConfig, content_score, tile_positions
+from pipeline.tileset import TileConfig, content_score, tile_positions
 
 
 def test_positions_row_major_full_tiles_only():

@@ -228,7 +228,7 @@ def test_pretrain_stage_writes_model_card_and_log(project, monkeypatch, capsys):
     assert card["data"]["photos"] == 3 and len(card["data"]["manifest_sha256"]) == 64
     assert card["params"]["pretrain"]["steps"] == 4
     assert card["params"]["colorize.zoo.tiny"]["color_space"] == "lab"
-    assert set(card["final_losses"]) == {"loss_g_l1"} and card["wall_time_s"] > 0 and card["torch"]
+    assert set(card["final_losses"]) == {"loss_g_l1"} and "wall_time_s" not in card and card["torch"]
     rows = _read_csv(project / "metrics" / "plots" / "pretrain" / f"{NAME}.csv")
     assert list(rows[0]) == ["step", "loss_g_l1"] and [r["step"] for r in rows] == ["1", "2", "3", "4"]
     assert not (project / ".resume" / "colorize" / NAME / "pretrain.pt").exists()

@@ -10,7 +10,9 @@ and loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,28 +21,40 @@ from torch import nn
 from pipeline.fsio import atomic_path
 
 
-def _generators() -> dict[str, type[nn.Module]]:
-    from pipeline.models.ab_classifier import ABClassifier
-    from pipeline.models.edsr import EDSR
-    from pipeline.models.guided_unet import GuidedUNet
-    from pipeline.models.resnet_unet import ResNet18UNet
-    from pipeline.models.srresnet import SRResNet
-    from pipeline.models.unet import UNet
-    from pipeline.models.wdsr import WDSR
+class _Registry(Mapping):
+    """Architectures by name, each imported only when asked for: a stage that trains EDSR never
+    imports the colorizers' modules (so dvc.yaml need not list what they import)."""
 
-    return {"resnet18_unet": ResNet18UNet, "ab_classifier": ABClassifier, "guided_unet": GuidedUNet,
-            "unet": UNet, "srresnet": SRResNet,
-            "edsr": EDSR, "wdsr": WDSR}
+    def __init__(self, spec: dict[str, str]):
+        self.spec = spec  # name -> "module:Class"
+
+    def __getitem__(self, name: str) -> type[nn.Module]:
+        module, cls = self.spec[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self):
+        return iter(self.spec)
+
+    def __len__(self) -> int:
+        return len(self.spec)
 
 
-def _discriminators() -> dict[str, type[nn.Module]]:
-    from pipeline.models.patchgan import PatchGAN
-    from pipeline.models.resnet_patch import ResNet50Patch
-    from pipeline.models.srresnet import SRGANDiscriminator
-    from pipeline.models.vgg_discriminator import VGGResidualDiscriminator
+_M = "pipeline.models."
+GENERATORS = _Registry({
+    "resnet18_unet": _M + "resnet_unet:ResNet18UNet", "ab_classifier": _M + "ab_classifier:ABClassifier",
+    "guided_unet": _M + "guided_unet:GuidedUNet", "unet": _M + "unet:UNet",
+    "srresnet": _M + "srresnet:SRResNet", "edsr": _M + "edsr:EDSR", "wdsr": _M + "wdsr:WDSR"})
+DISCRIMINATORS = _Registry({
+    "patchgan": _M + "patchgan:PatchGAN", "vgg_residual": _M + "vgg_discriminator:VGGResidualDiscriminator",
+    "resnet50_patch": _M + "resnet_patch:ResNet50Patch", "srgan": _M + "srresnet:SRGANDiscriminator"})
 
-    return {"patchgan": PatchGAN, "vgg_residual": VGGResidualDiscriminator, "resnet50_patch": ResNet50Patch,
-            "srgan": SRGANDiscriminator}
+
+def _generators() -> Mapping[str, type[nn.Module]]:
+    return GENERATORS
+
+
+def _discriminators() -> Mapping[str, type[nn.Module]]:
+    return DISCRIMINATORS
 
 
 def generator_class(arch: str) -> type[nn.Module]:

@@ -27,11 +27,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline import colour_bounds, fid, guided_eval
-from pipeline.color import rgb_to_lab
-from pipeline.colorizer import colorize_batch, grey_baseline, is_guided, scale_ab
+from pipeline.colorizer import choose_strength, colorize_batch, grey_baseline, is_guided, scale_ab, spread
 from pipeline.data import load_tiles, read_packed, read_split
 from pipeline.fsio import write_csv_atomic, write_json_atomic
-from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
+from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles, round_sig
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
 from pipeline.report import STAGES, TOP_LEVEL, save_grid
@@ -116,52 +115,6 @@ def score(tiles: torch.Tensor, predictors: dict[Key, Callable], cfg: EvalConfig,
     return results, {k: torch.cat(v) for k, v in grid.items()}, float(torch.cat(truth_colour).mean())
 
 
-def spread(tiles, n: int):
-    """At most ``n`` of ``tiles``, evenly spread over them (so over the val images, in split order)."""
-    if len(tiles) <= n:
-        return tiles
-    return tiles[torch.linspace(0, len(tiles) - 1, n).long()]
-
-
-@torch.no_grad()
-def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
-                    device: torch.device) -> tuple[float, dict[str, float]]:
-    """The a*b scale of ``strengths`` with the lowest a*b L1 on the val tiles (uint8), and each one's
-    val a*b L1. The prediction is made once; scaling its a*b is exact in L*a*b* (the final RGB
-    conversion may clip a few out-of-gamut colours, which the test scores include)."""
-    err = torch.zeros(len(strengths), dtype=torch.float64)
-    n = 0
-    for i in range(0, len(val), batch):
-        rgb = val[i:i + batch].to(device).float().div_(255.0)
-        ab_true, ab_pred = rgb_to_lab(rgb)[:, 1:], rgb_to_lab(fn(rgb))[:, 1:]
-        for j, s in enumerate(strengths):
-            err[j] += (ab_pred * s - ab_true).abs().double().sum().cpu()
-        n += ab_true.numel()
-    per = {f"{s:g}": float(e / n) for s, e in zip(strengths, err, strict=True)}
-    return strengths[int(err.argmin())], per
-
-
-def round_sig(obj, digits: int = 6):
-    """Round every float in a nested dict/list to ``digits`` significant digits (ints, str, None kept)."""
-    if isinstance(obj, dict):
-        return {k: round_sig(v, digits) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [round_sig(v, digits) for v in obj]
-    return float(f"{obj:.{digits}g}") if isinstance(obj, float) else obj
-
-
-def fid_model(n: int, dims: int, device: torch.device) -> tuple[torch.nn.Module | None, str | None]:
-    """Inception for FID, or (None, reason). The tile count is checked first: it needs no download."""
-    reason = fid.fid_blocker(n, dims)
-    if reason is None:
-        try:
-            return fid.inception(dims, device), None
-        except fid.FIDUnavailable as e:
-            reason = str(e)
-    print(f"FID skipped: {reason}")
-    return None, reason
-
-
 def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device: torch.device) -> dict:
     """Guided colour (``pipeline.guided_eval``) of each guided model and phase, keyed "name (phase)"."""
     e, lists = params["evaluate"], {"pretrained": params["colorize"]["pretrain"],
@@ -209,7 +162,7 @@ def main() -> None:
     for key in [k for k in predictors if k != GREY and len(val)]:
         chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device)
         derived[(key[0], f"{key[1]}_val_strength")] = (key, chosen[key][0])
-    inception, reason = fid_model(len(rows), cfg.fid_dims, device)
+    inception, reason = fid.fid_model(len(rows), cfg.fid_dims, device)
     results, grid, truth_colour = score(tiles, predictors, cfg, device, inception, derived)
 
     metrics: dict = {"test_tiles": len(rows), "test_images": len({r["image_id"] for r in rows}),

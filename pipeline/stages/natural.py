@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from pipeline.fsio import MANIFEST, safe_name, sha256_file, write_jsonl_atomic
 from pipeline.params import load_params
-from pipeline.sources.common import BadImage, decode_image, now_iso
+from pipeline.sources.common import BadImage, decode_image
 from pipeline.sources.embedded import SKIMAGE_CREDITS, reset_dir, skimage_array
-from pipeline.stages.tile import is_grey
+from pipeline.tileset import is_grey
 
 SOURCES = ("embedded", "folder", "coco")
 
@@ -112,7 +112,7 @@ def build(out_dir: Path, photos, size: int) -> list[dict]:
             path = part / f"{image_id}.png"
             small.save(path, format="PNG")
             rows.append({"id": image_id, **rec, "sha256": sha256_file(path), "width": small.width,
-                         "height": small.height, "fetched_at": now_iso(), "file": path.name,
+                         "height": small.height, "file": path.name,  # no timestamp: same photos, same bytes
                          "resized_from": [im.width, im.height]})
         if not rows:
             raise SystemExit("natural: no photos produced; check natural.source and natural.count")

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                   card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
                         **colour})
     if result["main"]:
-        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+        print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "
               f"final {card['final_losses']}")
 
 

@@ -1,4 +1,5 @@
-"""Stage ``report``: render ``metrics/report.md`` from the metrics JSON of both tasks.
+"""Stage ``report``: render ``metrics/report.md`` from the metrics JSON of both tasks, and the
+headline numbers DVC tracks, ``metrics/summary.json`` (``pipeline.report.summary``).
 
 The paper's Tables 1-5 (colorization, from ``colorization.json``) and 6-7 (super-resolution, from
 ``superres.json``), each beside the paper's published values and with every number's definition.
@@ -10,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.fsio import write_text_atomic
+from pipeline.fsio import write_json_atomic, write_text_atomic
 from pipeline.params import load_params
-from pipeline.report import render_report, render_superres_report
+from pipeline.report import render_report, render_superres_report, summary
 
 
 def read_metrics(path: Path) -> dict:
@@ -28,7 +29,11 @@ def main() -> None:
     superres = read_metrics(out / "superres.json")
     text = render_report(colorization, params, sections=[render_superres_report(superres, params)])
     write_text_atomic(out / "report.md", text)
-    print(f"report: wrote {out / 'report.md'}")
+    dedup, tile = read_metrics(out / "data.dedup.json"), read_metrics(out / "data.tile.json")
+    data = {"images": dedup.get("images_kept"), "tiles": tile.get("tiles_kept"),
+            "test_tiles": colorization.get("test_tiles")}
+    write_json_atomic(out / "summary.json", summary(colorization, superres, data))
+    print(f"report: wrote {out / 'report.md'}, {out / 'summary.json'}")
 
 
 if __name__ == "__main__":

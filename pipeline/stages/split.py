@@ -14,29 +14,11 @@ Writes ``<paths.split>/train.csv``, ``val.csv`` and ``test.csv`` (the columns of
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from pipeline.data import choose_test_images, image_hash
 from pipeline.fsio import read_csv, write_csv_atomic
 from pipeline.params import load_params
-
-
-def image_hash(image_id: str) -> float:
-    """sha256 of the id as a number in [0, 1)."""
-    return int(hashlib.sha256(image_id.encode("utf-8")).hexdigest(), 16) / 2**256
-
-
-def choose_test_images(image_ids: set[str], test_fraction: float) -> set[str]:
-    """The image ids assigned to test (never empty for >= 2 images)."""
-    if len(image_ids) < 2:
-        raise SystemExit(f"split: {len(image_ids)} image(s) in tiles.csv, need at least 2 for a "
-                         "train/test split; add images (scrape.sources) or lower tile.min_content")
-    test = {i for i in image_ids if image_hash(i) < test_fraction}
-    if not test:
-        test = {min(image_ids, key=image_hash)}
-    if test == image_ids:
-        raise SystemExit(f"split: split.test_fraction {test_fraction} puts every image in test; lower it")
-    return test
 
 
 def split_rows(rows: list[dict], test_fraction: float) -> tuple[list[dict], list[dict]]:

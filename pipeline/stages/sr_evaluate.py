@@ -22,11 +22,10 @@ from tqdm import tqdm
 from pipeline import fid, superres
 from pipeline.data import load_tiles, read_split
 from pipeline.fsio import write_json_atomic
-from pipeline.metrics import mean_over_tiles
+from pipeline.metrics import mean_over_tiles, round_sig
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
 from pipeline.report import GRID_CELL, SR_BASELINES, SR_TOP_LEVEL, STAGES, save_grid
-from pipeline.stages.evaluate import fid_model, round_sig
 
 Key = tuple[str, str | None]  # (model, stage) or (baseline, None)
 
@@ -119,7 +118,7 @@ def main() -> None:
         raise SystemExit(f"{paths['tiles']}: {tiles.shape[-1]} px tiles must be a multiple of the scale "
                          f"{deg.scale} and >= sr_evaluate.zoom {cfg.zoom}")
     predictors = load_predictors(params, deg.scale, device)
-    inception, reason = fid_model(len(rows), cfg.fid_dims, device)
+    inception, reason = fid.fid_model(len(rows), cfg.fid_dims, device)
     results, panels = score(tiles, predictors, deg, int(params["seed"]), cfg, device, inception)
 
     metrics: dict = {"test_tiles": len(rows), "test_images": len({r["image_id"] for r in rows}),

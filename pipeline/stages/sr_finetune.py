@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                         "adversarial_weight": obj.adversarial_weight, "perceptual_loss": perceptual,
                         "params": read, "data": data})
     if result["main"]:
-        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+        print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "
               f"final {card['final_losses']}")
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                   card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
                         "pixel_loss": pixel, "params": read, "data": data})
     if result["main"]:
-        print(f"{out}: {card['steps_run']} steps in {card['wall_time_s']:.1f} s; "
+        print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "
               f"final {card['final_losses']}")
 
 
