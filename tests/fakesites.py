@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import io
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -229,7 +230,7 @@ class FakeSites:
     async def esa_page(self, request):
         i = request.match_info["id"]
         if i in ESA_PAGES and i in self.esa_ids:   # a real saved page, its CDN links pointed here
-            html = ESA_PAGES[i].read_text().replace("//cdn.spacetelescope.org/", f"//{self._host()}/")
+            html = re.sub(r"(https?:)?//cdn\.spacetelescope\.org/", self.url + "/", ESA_PAGES[i].read_text())
             return web.Response(text=html, content_type="text/html")
         if i not in self.esa_ids:
             raise web.HTTPNotFound()

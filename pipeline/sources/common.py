@@ -67,9 +67,11 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 def decode_image(data: bytes, origin: str) -> Image.Image:
     """Fully decode ``data`` to an 8-bit image (L, RGB, RGBA...) or raise BadImage naming ``origin``.
 
-    16-bit and float samples (TIFF, PNG) are scaled to 8 bits over their full range, never clipped;
-    ``im.info["source_bits"]`` says how many bits the file had and ``im.info["source_format"]``
-    its format (TIFF is read with tifffile: Pillow cannot read 16-bit colour TIFF).
+    16-bit and float samples (TIFF, PNG) are scaled to 8 bits over their full range, never clipped.
+    ``im.info["source_bits"]`` says how many bits the file had, ``im.info["source_format"]`` its
+    format. TIFF is decoded with tifffile; ``im.info["pil_unsafe"]`` marks the TIFFs that Pillow
+    (which later stages read files with) gets wrong: planar colour (garbled) and float colour
+    (unreadable).
     """
     if not data:
         raise BadImage(f"{origin}: empty file")
@@ -78,21 +80,20 @@ def decode_image(data: bytes, origin: str) -> Image.Image:
         raise BadImage(f"{origin}: got an HTML/text page, not an image")
     try:
         if data[:4] in TIFF_MAGIC:
-            im, fmt, bits = _decode_tiff(data, origin), "TIFF", 0
-            bits = im.info.pop("bits")
+            im = _decode_tiff(data, origin)
         else:
             im = Image.open(io.BytesIO(data))
             fmt = im.format or "PNG"
             _check_pixels(im.width, im.height, origin)
             im.load()
             im, bits = _to_8bit(im)
+            im.info.update(source_bits=bits, source_format=fmt)
     except BadImage:
         raise
     except Exception as e:  # PIL and tifffile raise many types for corrupt data
         raise BadImage(f"{origin}: not a decodable image ({type(e).__name__}: {e})") from None
     if im.width == 0 or im.height == 0:
         raise BadImage(f"{origin}: zero-size image")
-    im.info.update(source_bits=bits, source_format=fmt)
     return im
 
 
@@ -118,7 +119,8 @@ def _decode_tiff(data: bytes, origin: str) -> Image.Image:
         raise BadImage(f"{origin}: unsupported TIFF pixel layout {a.shape}")
     bits = 32 if a.dtype.kind == "f" else 8 * a.dtype.itemsize
     im = Image.fromarray(_scale_to_uint8(a))
-    im.info["bits"] = bits
+    im.info.update(source_bits=bits, source_format="TIFF",
+                   pil_unsafe=a.ndim == 3 and (planar or a.dtype.kind == "f"))
     return im
 
 
@@ -196,15 +198,17 @@ def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, 
     derived = []
     if small is not im:
         derived.append(f"downscaled from {im.width}x{im.height}")
-    if fmt not in ("JPEG", "PNG") or bits > 8:
-        # TIFF and 16-bit files are re-encoded as 8-bit PNG (lossless at 8 bits) so that every
-        # later stage reads them with Pillow; the pixels were scaled, not clipped (decode_image).
-        derived.append(f"{bits}-bit {fmt} stored as 8-bit PNG")
+    if im.info.get("pil_unsafe"):
+        derived.append(f"{bits}-bit planar or float colour TIFF (Pillow misreads those)")
+    # Within the cap the file is kept byte-for-byte (16-bit data included); otherwise it is
+    # re-encoded from the 8-bit decode (16-bit samples scaled, never clipped: decode_image).
     if derived or data is None:
-        fmt = "JPEG" if fmt == "JPEG" and small.mode in ("RGB", "L") and bits <= 8 else "PNG"
+        fmt = "JPEG" if fmt == "JPEG" and small.mode in ("RGB", "L") else "PNG"
         buf = io.BytesIO()
         small.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         data = buf.getvalue()
+        if bits > 8:
+            derived.append(f"stored as 8-bit {fmt} (from {bits}-bit samples)")
     if derived:
         record = {**record, "derived": "; ".join(derived)}
     ext = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "FITS": "fits"}.get(fmt, fmt.lower())
