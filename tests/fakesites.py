@@ -5,9 +5,16 @@ point at it) and their files:
 
 - esahubble: ``/images/d2d/?page=n`` (JSON feed with ``Next``), ``/images/`` and
   ``/images/page/<n>/`` (listing), ``/images/<id>/`` (image page), ``/archives/images/<fmt>/<id>.jpg``
-- hubblesite: ``/api/v3/images?page=n``, ``/api/v3/image/<id>``, ``/uploads/<id>-<w>x<h>.jpg``
-- heritage: legacy ``/gallery/gallery.html``, ``/<yyyy>/<nn>/index.html``, ``/<yyyy>/<nn>/big.html``;
-  current ``/contents/media/images?keyword=heritage``, ``/contents/media/images/<yyyy>/<nn>/<slug>``
+- hubblesite: the listing ``/images?itemsPerPage=100&page=n`` and the REAL image pages saved in
+  ``tests/fixtures/hubblesite/`` at their real paths ``/contents/media/images/...``, their
+  ``//stsci-opo.org/`` links rewritten to ``/opo/`` here (PNG, 16-bit TIFF or JPEG stand-ins,
+  48x32 px, whatever size the page claims); the old API ``/api/v3/images?page=n``,
+  ``/api/v3/image/<id>``, ``/uploads/<id>-<w>x<h>.jpg``
+- heritage: legacy ``/gallery/gallery.html``, ``/<yyyy>/<nn>/index.html``, ``/<yyyy>/<nn>/big.html``
+  (made-up pages: no real copy found); current ``/contents/media/images?keyword=heritage``,
+  listing the same real hubblesite pages
+- esahubble image pages whose id has a saved real page in ``tests/fixtures/esahubble/`` serve it,
+  its ``cdn.spacetelescope.org`` links rewritten to here
 - hla: ``/cgi-bin/nph-sesame/-oI/A?<name>``, ``/cgi-bin/hlaSIAP.cgi`` (VOTable),
   ``/cgi-bin/fitscut.cgi`` (JPEG or FITS)
 
@@ -19,17 +26,24 @@ Runs in a background thread so that scrapers (and subprocesses) can use it synch
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import io
 import json
+import re
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from aiohttp import web
 from PIL import Image
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HS_PAGES = {p.stem.replace("_", "/"): p for p in sorted((FIXTURES / "hubblesite").glob("*.html"))}
+ESA_PAGES = {p.stem: p for p in sorted((FIXTURES / "esahubble").glob("*.html"))}
 ESA_FULL = (8000, 6000)         # what pages and the feed claim for the original (served tiny)
 ESA_FORMATS = {"large": ESA_FULL, "publicationjpg": (4000, 3000), "screen": (1280, 960)}
 
@@ -41,6 +55,23 @@ def jpeg_bytes(key: str, size: tuple[int, int] = (48, 32), mode: str = "RGB") ->
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def image_bytes(key: str, ext: str, size: tuple[int, int] = (48, 32)) -> bytes:
+    """A small deterministic image in the format ``ext`` names: 8-bit PNG, 16-bit RGB TIFF or JPEG."""
+    if ext in (".jpg", ".jpeg"):
+        return jpeg_bytes(key, size)
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    if ext in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(buf, rng.integers(0, 65535, (size[1], size[0], 3), dtype=np.uint16),
+                         photometric="rgb")
+    else:
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -59,7 +90,7 @@ class FakeSites:
 
     def __init__(self, n: int = 6, *, per_page: int = 3, latency: float = 0.0,
                  robots: str = "User-agent: *\nDisallow: /private/\n", retry_after: str = "1",
-                 hang_s: float = 5.0, extra_esa_ids: tuple[str, ...] = ()):
+                 hang_s: float = 5.0, extra_esa_ids: tuple[str, ...] = (), port: int = 0):
         self.esa_ids = [f"heic{1000 + i}a" for i in range(n)] + list(extra_esa_ids)
         self.hs_ids = [4000 + i for i in range(n)]
         self.heritage = [(str(1998 + i // 12), f"{i % 12 + 1:02d}") for i in range(n)]
@@ -71,7 +102,7 @@ class FakeSites:
         self.hla_visits = {"hst_9490_a1_acs_wfc": ["f435w", "f555w", "f814w"],
                            "hst_11000_02_wfpc2": ["f656n"]}
         self._lock = threading.Lock()
-        self.url = ""
+        self.port, self.url = port, ""
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> FakeSites:
@@ -95,6 +126,8 @@ class FakeSites:
         r.add_get("/images/page/{n}/", self.esa_listing)
         r.add_get("/images/{id}/", self.esa_page)
         r.add_get("/archives/images/{fmt}/{name}", self.esa_file)
+        r.add_get("/images", self.hs_listing)
+        r.add_get("/contents/media/images/{path:.+}", self.hs_page)
         r.add_get("/api/v3/images", self.hs_list)
         r.add_get("/api/v3/image/{id}", self.hs_image)
         r.add_get("/uploads/{name}", self.plain_file)
@@ -104,14 +137,13 @@ class FakeSites:
         r.add_get("/{y:\\d{4}}/{n:\\d{2}}/big.html", self.her_big)
         r.add_get("/{y:\\d{4}}/{n:\\d{2}}/images/{name}", self.plain_file)
         r.add_get("/contents/media/images", self.cur_listing)
-        r.add_get("/contents/media/images/{y}/{n}/{slug}", self.cur_page)
-        r.add_get("/opo/{name}", self.plain_file)
+        r.add_get("/opo/{name}", self.opo_file)
         r.add_get("/cgi-bin/nph-sesame/-oI/A", self.sesame)
         r.add_get("/cgi-bin/hlaSIAP.cgi", self.siap)
         r.add_get("/cgi-bin/fitscut.cgi", self.fitscut)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -197,6 +229,9 @@ class FakeSites:
 
     async def esa_page(self, request):
         i = request.match_info["id"]
+        if i in ESA_PAGES and i in self.esa_ids:   # a real saved page, its CDN links pointed here
+            html = re.sub(r"(https?:)?//cdn\.spacetelescope\.org/", self.url + "/", ESA_PAGES[i].read_text())
+            return web.Response(text=html, content_type="text/html")
         if i not in self.esa_ids:
             raise web.HTTPNotFound()
         h = self._host()
@@ -251,18 +286,29 @@ class FakeSites:
         return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
 
     async def cur_listing(self, request):
-        chunk, _, _ = self._paged(self.heritage, request)
-        links = "".join(f'<a href="/contents/media/images/{y}/{n}/{y}{n}-Image">x</a>'
-                        for y, n in chunk)
+        return await self.hs_listing(request)
+
+    # ------------------------------------------------------------------ hubblesite pages (real)
+    async def hs_listing(self, request):
+        """A listing of the saved real pages (the listing itself is made up: no real copy found)."""
+        chunk, _, _ = self._paged(list(HS_PAGES), request)
+        links = "".join(f'<a href="/contents/media/images/{k}">{k}</a>' for k in chunk)
         return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
 
-    async def cur_page(self, request):
-        slug = request.match_info["slug"]
-        links = "".join(f'<a href="//{self._host()}/opo/{slug}-{w}.jpg">Full Res, {w} X {h}, JPG</a>'
-                        for w, h in [(4000, 3000), (1280, 960)])
-        html = (f"<html><body><h1>{slug}</h1><div class='credits'>NASA, ESA, Hubble Heritage</div>"
-                f"{links}</body></html>")
+    async def hs_page(self, request):
+        path = HS_PAGES.get(request.match_info["path"].rstrip("/"))
+        if path is None:
+            raise web.HTTPNotFound()
+        html = path.read_text().replace("//stsci-opo.org/", f"//{self._host()}/opo/")
         return web.Response(text=html, content_type="text/html")
+
+    async def opo_file(self, request):
+        name = request.match_info["name"]
+        ext = name[name.rfind("."):].lower()
+        kind = {".png": "image/png", ".tif": "image/tiff", ".jpg": "image/jpeg"}.get(ext)
+        if kind is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=image_bytes(request.path, ext), content_type=kind)
 
     # ------------------------------------------------------------------ hla
     async def sesame(self, request):
@@ -285,3 +331,25 @@ class FakeSites:
             return web.Response(body=fits_bytes(key), content_type="application/fits")
         mode = "RGB" if "blue" in q else "L"
         return web.Response(body=jpeg_bytes(key, mode=mode), content_type="image/jpeg")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake archives (real saved pages included) until interrupted, for manual runs::
+
+        python -m tests.fakesites --port 8765   # then base_url: http://127.0.0.1:8765
+    """
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("-n", type=int, default=6, help="made-up images per source")
+    args = ap.parse_args(argv)
+    with FakeSites(n=args.n, port=args.port) as sites:
+        print(f"serving {sites.url} (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

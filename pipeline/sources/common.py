@@ -61,25 +61,97 @@ def glob_escape(s: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in s)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def decode_image(data: bytes, origin: str) -> Image.Image:
-    """Fully decode ``data`` or raise BadImage naming ``origin``."""
+    """Fully decode ``data`` to an 8-bit image (L, RGB, RGBA...) or raise BadImage naming ``origin``.
+
+    16-bit and float samples (TIFF, PNG) are scaled to 8 bits over their full range, never clipped.
+    ``im.info["source_bits"]`` says how many bits the file had, ``im.info["source_format"]`` its
+    format. TIFF is decoded with tifffile; ``im.info["pil_unsafe"]`` marks the TIFFs that Pillow
+    (which later stages read files with) gets wrong: planar colour (garbled) and float colour
+    (unreadable).
+    """
     if not data:
         raise BadImage(f"{origin}: empty file")
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
         raise BadImage(f"{origin}: got an HTML/text page, not an image")
     try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_DECODE_PIXELS:
-            raise BadImage(f"{origin}: {im.width}x{im.height} is too large to decode safely")
-        im.load()
+        if data[:4] in TIFF_MAGIC:
+            im = _decode_tiff(data, origin)
+        else:
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format or "PNG"
+            _check_pixels(im.width, im.height, origin)
+            im.load()
+            im, bits = _to_8bit(im)
+            im.info.update(source_bits=bits, source_format=fmt)
     except BadImage:
         raise
-    except Exception as e:  # PIL raises many types for corrupt data
+    except Exception as e:  # PIL and tifffile raise many types for corrupt data
         raise BadImage(f"{origin}: not a decodable image ({type(e).__name__}: {e})") from None
     if im.width == 0 or im.height == 0:
         raise BadImage(f"{origin}: zero-size image")
     return im
+
+
+def _check_pixels(width: int, height: int, origin: str) -> None:
+    if width * height > MAX_DECODE_PIXELS:
+        raise BadImage(f"{origin}: {width}x{height} is too large to decode safely")
+
+
+def _decode_tiff(data: bytes, origin: str) -> Image.Image:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        planar = page.planarconfig == 2 and len(page.shape) == 3
+        h, w = page.shape[1:] if planar else page.shape[:2]
+        _check_pixels(w, h, origin)
+        a = page.asarray()
+    if planar:
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+        raise BadImage(f"{origin}: unsupported TIFF pixel layout {a.shape}")
+    bits = 32 if a.dtype.kind == "f" else 8 * a.dtype.itemsize
+    im = Image.fromarray(_scale_to_uint8(a))
+    im.info.update(source_bits=bits, source_format="TIFF",
+                   pil_unsafe=a.ndim == 3 and (planar or a.dtype.kind == "f"))
+    return im
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Integer samples map over their dtype's range (65535 -> 255); floats over [0, max]."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind in "ui":
+        top = float(np.iinfo(a.dtype).max)
+    else:
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = max(float(a.max()), 1e-12)
+    return (np.clip(a / top, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _to_8bit(im: Image.Image) -> tuple[Image.Image, int]:
+    """Pillow's 16-bit/int/float modes to 8-bit L; other modes as they are (with their bit count).
+
+    Pillow's own ``convert("L")`` clips these at 255, which turns a 16-bit image white.
+    """
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(im, dtype=np.uint16))), 16
+    if im.mode == "I":   # Pillow's mode for 16-bit grey PNG: values up to 65535 in int32
+        a = np.asarray(im)
+        a = a.astype(np.uint16) if a.size and 0 <= a.min() and a.max() < 65536 else a
+        return Image.fromarray(_scale_to_uint8(a)), 16 if a.dtype == np.uint16 else 32
+    if im.mode == "F":
+        return Image.fromarray(_scale_to_uint8(np.asarray(im))), 32
+    # 16-bit colour PNG: Pillow keeps the high byte of each sample, which is the same scaling.
+    bits = 16 if im.format == "PNG" and im.info.get("bitdepth", 8) == 16 else 8
+    return im, bits
 
 
 def shrink_to(im: Image.Image, max_pixels: int) -> Image.Image:
@@ -121,12 +193,24 @@ def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, 
     else:
         im = decode_image(data or b"", origin)
     small = shrink_to(im, max_pixels)
-    fmt = (im.format or "PNG").upper()
-    if small is not im or data is None:
+    fmt = im.info.get("source_format", im.format or "PNG").upper()
+    bits = im.info.get("source_bits", 8)
+    derived = []
+    if small is not im:
+        derived.append(f"downscaled from {im.width}x{im.height}")
+    if im.info.get("pil_unsafe"):
+        derived.append(f"{bits}-bit planar or float colour TIFF (Pillow misreads those)")
+    # Within the cap the file is kept byte-for-byte (16-bit data included); otherwise it is
+    # re-encoded from the 8-bit decode (16-bit samples scaled, never clipped: decode_image).
+    if derived or data is None:
         fmt = "JPEG" if fmt == "JPEG" and small.mode in ("RGB", "L") else "PNG"
         buf = io.BytesIO()
         small.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         data = buf.getvalue()
+        if bits > 8:
+            derived.append(f"stored as 8-bit {fmt} (from {bits}-bit samples)")
+    if derived:
+        record = {**record, "derived": "; ".join(derived)}
     ext = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "FITS": "fits"}.get(fmt, fmt.lower())
     path = write_durable(out_dir, f"{image_id}.{ext}", data)
     row = {"id": image_id, "source": record.get("source"), "url": record.get("url"),

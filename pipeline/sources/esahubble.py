@@ -24,20 +24,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import SourceConfig
-from pipeline.sources.http import (
-    Candidate,
-    Download,
-    FetchError,
-    Page,
-    PoliteClient,
-    dims_in,
-    make_client,
-    pick_largest,
-    run_source,
-    source_id,
-    strip_html,
-)
+from pipeline.sources.crawl import Candidate, Download, run_source, source_id
+from pipeline.sources.pages import dims_in, links, pick_largest, soup_of, strip_html, text_of, title_of
 
 HOSTS = {"esahubble.org", "www.esahubble.org", "cdn.esahubble.org",
          "spacetelescope.org", "www.spacetelescope.org", "cdn.spacetelescope.org"}
@@ -146,7 +136,7 @@ async def _listing(client: PoliteClient, base: str, cfg: SourceConfig) -> AsyncI
 def listing_ids(html: str, url: str) -> list[str]:
     """Image ids linked from a listing page, in page order (anchors and the inline JS array)."""
     found = [m for m in re.findall(r"url:\s*'/images/([^/']+)/'", html)]
-    for link in Page(html, url).links:
+    for link in links(soup_of(html), url):
         parts = urlsplit(link.href)
         m = re.fullmatch(r"/images/([^/]+)/", parts.path)
         if m and parts.netloc == urlsplit(url).netloc:
@@ -172,17 +162,13 @@ def _page_candidate(client: PoliteClient, url: str, image_id: str, max_pixels: i
 
 def parse_image_page(html: str, url: str, max_pixels: int) -> tuple[str | None, dict]:
     """(best JPEG URL, record) from an image page."""
-    page = Page(html, url)
-    full = dims_in(page.text_of("object-info")) or (0, 0)
-    options = []
-    for link in page.links:
-        if "archive_download" not in link.classes or "archive_dl_text" not in link.classes:
-            continue
-        if not urlsplit(link.href).path.lower().endswith((".jpg", ".jpeg")):
-            continue
-        options.append((link.href, *_estimate(link.href, full)))
-    record = {"source": "esahubble", "title": page.h1 or page.title,
-              "credit": page.text_of("credit").removeprefix("Credit:").strip() or DEFAULT_CREDIT,
+    soup = soup_of(html)
+    full = dims_in(text_of(soup.select_one("div.object-info"))) or (0, 0)
+    options = [(link.href, *_estimate(link.href, full))
+               for link in links(soup, url, "div.archive_download span.archive_dl_text a[href]")
+               if urlsplit(link.href).path.lower().endswith((".jpg", ".jpeg"))]
+    credit = text_of(soup.select_one("div.credit")).removeprefix("Credit:").strip()
+    record = {"source": "esahubble", "title": title_of(soup), "credit": credit or DEFAULT_CREDIT,
               "licence": LICENCE, "page": url}
     return pick_largest(options, max_pixels), record
 

@@ -8,46 +8,46 @@ Two layouts, ``scrape.heritage.layout`` = ``auto`` (default) | ``legacy`` | ``cu
   (sizes in the link text, e.g. ``2400 x 3000``). Ids: ``heritage_<year>-<nn>``.
 - ``current``: the same releases on hubblesite.org (``current_url``): a listing
   (``current_index_path``, default ``/contents/media/images?keyword=heritage``, paged with
-  ``&page=<n>``) of image pages ``/contents/media/images/<year>/<nn>/<slug>`` whose download
-  links point at stsci-opo.org (text like ``Full Res, 4000 X 3000, JPG``).
-  Ids: ``heritage_<year>-<nn>-<slug>``.
+  ``&page=<n>``) of image pages, read by the hubblesite source's parser
+  (:func:`pipeline.sources.hubblesite.parse_image_page`: TIFF/PNG/JPEG downloads on
+  stsci-opo.org, credit under "Credits"). Ids: ``heritage_<year>_<nn>_<id>``.
 
 ``auto`` reads the legacy index first and falls back to the current layout when that index
 links no releases (heritage.stsci.edu now redirects to hubblesite.org, so the fallback is
-what runs today; see docs/scraping.md). Credit: the page's own, else "NASA and The Hubble
-Heritage Team (STScI/AURA)"; public domain unless noted (https://hubblesite.org/copyright).
+what runs today; see docs/scraping.md). Credit: the page's own; a page without one gets
+"NASA, ESA, and STScI" with ``credit_from`` saying so (not the Heritage Team, who did not make
+every image in the collection); public domain unless noted (https://hubblesite.org/copyright).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from html import unescape
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
+from bs4 import BeautifulSoup
+
+from pipeline.sources import hubblesite
+from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import SourceConfig
-from pipeline.sources.http import (
+from pipeline.sources.crawl import Candidate, Download, run_source, source_id
+from pipeline.sources.pages import (
     IMAGE_EXT,
-    Candidate,
-    Download,
-    FetchError,
-    Page,
-    PoliteClient,
+    after_heading,
     dims_in,
-    make_client,
+    links,
     pick_largest,
-    run_source,
-    source_id,
-    strip_html,
+    soup_of,
+    text_of,
+    tidy,
+    title_of,
 )
 
-HOSTS = {"heritage.stsci.edu", "hubblesite.org", "www.hubblesite.org", "imgsrc.hubblesite.org",
-         "stsci-opo.org", "www.stsci-opo.org", "media.stsci.edu"}
-LICENCE = "public domain unless noted (NASA/STScI, https://hubblesite.org/copyright)"
-DEFAULT_CREDIT = "NASA and The Hubble Heritage Team (STScI/AURA)"
+HOSTS = {"heritage.stsci.edu", *hubblesite.HOSTS}
+LICENCE = hubblesite.LICENCE
+DEFAULT_CREDIT = hubblesite.DEFAULT_CREDIT
 LEGACY_RELEASE = re.compile(r"/(\d{4})/(\d{2})/(?:index\.html?)?$")
-CURRENT_IMAGE = re.compile(r"/contents/media/images/(\d{4})/(\d+)/([^/?#]+)/?$")
 
 
 def fetch(out_dir: Path, cfg: SourceConfig) -> dict:
@@ -78,7 +78,7 @@ async def _releases(client: PoliteClient, base: str, current: str, layout: str,
 def legacy_releases(html: str, url: str) -> dict[tuple[str, str], str]:
     """``{(year, nn): release page URL}`` linked from a legacy gallery index, in page order."""
     out: dict[tuple[str, str], str] = {}
-    for link in Page(html, url).links:
+    for link in links(soup_of(html), url):
         m = LEGACY_RELEASE.search(urlsplit(link.href).path)
         if m and urlsplit(link.href).netloc == urlsplit(url).netloc:
             out.setdefault((m[1], m[2]), link.href)
@@ -88,73 +88,53 @@ def legacy_releases(html: str, url: str) -> dict[tuple[str, str], str]:
 def _legacy_candidate(client: PoliteClient, cid: str, url: str, max_pixels: int) -> Candidate:
     async def resolve() -> list[Download]:
         release = await client.get(url)
-        page = Page(release.text(), release.url)
-        files = file_links(page)
-        hires = [lk.href for lk in page.links if "high-resolution" in lk.text.lower()
+        soup = soup_of(release.body)
+        files = file_links(soup, release.url)
+        hires = [lk.href for lk in links(soup, release.url) if "high-resolution" in lk.text.lower()
                  or "high resolution" in lk.text.lower()]
         if hires:   # the gallery's "High-Resolution Images" page lists the big files
             big = await client.get(hires[0])
-            files += file_links(Page(big.text(), big.url))
+            files += file_links(soup_of(big.body), big.url)
         best = pick_largest(files, max_pixels)
         if best is None:
-            raise FetchError(f"{release.url}: no JPEG linked from the release or its "
-                             "High-Resolution Images page")
-        return [Download(cid, best, _record(page, release.text(), release.url))]
+            raise FetchError(f"{release.url}: no JPEG, PNG or TIFF linked from the release or "
+                             "its High-Resolution Images page")
+        return [Download(cid, best, _record(soup, release.url))]
     return Candidate(cid, resolve)
 
 
 async def _current(client: PoliteClient, current: str, cfg: SourceConfig) -> AsyncIterator[Candidate]:
-    path = cfg.options.get("current_index_path", "/contents/media/images?keyword=heritage")
-    max_pages = int(cfg.options.get("max_pages", 0))
-    seen: set[str] = set()
-    page_n = 1
-    while max_pages <= 0 or page_n <= max_pages:
-        sep = "&" if "?" in path else "?"
-        url = current + path + (f"{sep}page={page_n}" if page_n > 1 else "")
-        listing = await client.get(url)
-        new = 0
-        for link in Page(listing.text(), listing.url).links:
-            m = CURRENT_IMAGE.search(urlsplit(link.href).path)
-            if m and link.href not in seen:
-                seen.add(link.href)
-                new += 1
-                cid = source_id("heritage", f"{m[1]}-{m[2]}-{m[3]}")
-                yield _current_candidate(client, cid, link.href, cfg.max_pixels)
-        if not new:
-            return
-        page_n += 1
+    index = current + cfg.options.get("current_index_path", "/contents/media/images?keyword=heritage")
+    async for cid, url in hubblesite.image_pages(client, index, "heritage",
+                                                 int(cfg.options.get("max_pages", 0))):
+        yield hubblesite.page_candidate(client, cid, url, cfg.max_pixels, "heritage", DEFAULT_CREDIT)
 
 
-def _current_candidate(client: PoliteClient, cid: str, url: str, max_pixels: int) -> Candidate:
-    async def resolve() -> list[Download]:
-        resp = await client.get(url)
-        page = Page(resp.text(), resp.url)
-        best = pick_largest(file_links(page), max_pixels)
-        if best is None:
-            raise FetchError(f"{resp.url}: no JPEG download link on the image page")
-        return [Download(cid, best, _record(page, resp.text(), resp.url))]
-    return Candidate(cid, resolve)
-
-
-def file_links(page: Page) -> list[tuple[str, int, int]]:
-    """JPEG links on a page with their pixel size (from link text or file name; 0 unknown)."""
+def file_links(soup: BeautifulSoup, url: str) -> list[tuple[str, int, int]]:
+    """JPEG, PNG and TIFF links with their pixel size (from link text or file name; 0 unknown)."""
     out = []
-    for link in page.links:
+    for link in links(soup, url):
         path = urlsplit(link.href).path.lower()
-        if path.endswith(IMAGE_EXT) and path.endswith((".jpg", ".jpeg")):
+        if path.endswith(IMAGE_EXT):
             w, h = dims_in(link.text) or dims_in(path.rsplit("/", 1)[-1]) or (0, 0)
-            out.append((urljoin(page.url, link.href), w, h))
+            out.append((link.href, w, h))
     return out
 
 
-def _record(page: Page, html: str, url: str) -> dict:
-    credit = page.text_of("credit") or page.text_of("credits")
-    if not credit:
-        # Legacy pages put "Credit: ..." in plain paragraphs: one line of the tag-free text.
-        text = re.sub(r"<(?:br|/?p|/?div|/?li|/?tr|/?td|/?h\d)\b[^>]*>", "\n", html, flags=re.I)
-        text = re.sub(r"<[^>]+>", "", text)
-        m = re.search(r"Credits?:[ \t]*\n*[ \t]*([^\n]{5,300})", text)
-        credit = strip_html(unescape(m[1])) if m else ""
-    credit = re.sub(r"^Credits?:\s*", "", credit).strip() or DEFAULT_CREDIT
-    return {"source": "heritage", "title": page.h1 or page.title, "credit": credit,
-            "licence": LICENCE, "page": url}
+def _record(soup: BeautifulSoup, url: str) -> dict:
+    credit = (text_of(soup.select_one(".credit, .credits")) or after_heading(soup, "Credits", "Credit")
+              or _credit_line(soup))
+    record = {"source": "heritage", "title": title_of(soup),
+              "credit": re.sub(r"^Credits?:\s*", "", credit).strip(), "licence": LICENCE, "page": url}
+    if not record["credit"]:
+        record.update(credit=DEFAULT_CREDIT, credit_from="default: the page has no credit line")
+    return record
+
+
+def _credit_line(soup: BeautifulSoup) -> str:
+    """Legacy pages put "Credit: ..." inside a plain paragraph: the rest of that paragraph."""
+    for block in soup.find_all(["p", "div", "td", "li"]):
+        text = text_of(block)
+        if text.lower().startswith(("credit:", "credits:")) and not block.find(["p", "div", "td", "li"]):
+            return tidy(text.split(":", 1)[1])
+    return ""

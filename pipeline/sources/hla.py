@@ -31,16 +31,9 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from pipeline.fsio import MANIFEST, append_jsonl, sha256_bytes
+from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import BadImage, SourceConfig, now_iso, write_durable
-from pipeline.sources.http import (
-    Candidate,
-    Download,
-    FetchError,
-    PoliteClient,
-    make_client,
-    run_source,
-    source_id,
-)
+from pipeline.sources.crawl import Candidate, Download, run_source, source_id
 
 HOSTS = {"hla.stsci.edu", "cds.unistra.fr"}
 RESOLVER = "https://cds.unistra.fr/cgi-bin/nph-sesame/-oI/A"
