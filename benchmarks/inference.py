@@ -52,10 +52,11 @@ def test_image(size: int, grey: bool) -> np.ndarray:
 
 
 def colorizer(device: torch.device) -> tuple[inf.Loaded, str]:
-    """The default trained colorizer, else a random-init ResNet18UNet (same compute)."""
+    """The colorizer ``astrogan colorize`` uses with no --model (the default release, else the
+    project's best), else a random-init ResNet18UNet (same compute)."""
     try:
-        path, _ = inf.default_model(ROOT, "colorize")
-        return inf.load_model(path, "colorize", device), str(path.relative_to(ROOT))
+        lm, chosen = inf.open_model(None, ROOT, "colorize", device)
+        return lm, chosen
     except inf.ModelError:
         from pipeline.models.resnet_unet import ResNet18UNet
 
@@ -64,8 +65,13 @@ def colorizer(device: torch.device) -> tuple[inf.Loaded, str]:
 
 
 def upscalers(device: torch.device) -> list[tuple[inf.Loaded, str]]:
-    """Every trained SR checkpoint, else random-init SR architectures in the zoo (none until SR lands)."""
+    """The upscaler ``astrogan upscale`` uses with no --model (the default release), then every trained
+    SR checkpoint of the project, else random-init SR architectures of the zoo."""
     found = []
+    try:
+        found.append(inf.open_model(None, ROOT, "superres", device))
+    except inf.ModelError:
+        pass
     for ckpt in sorted((ROOT / "models/superres").glob("*/finetuned.pt")):
         found.append((inf.load_model(ckpt, "superres", device), str(ckpt.relative_to(ROOT))))
     if not found:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from pipeline import __version__, hints, weights
 from pipeline import inference as inf
 from pipeline.colorizer import takes_hints
+from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.hints import HintError
 from pipeline.imageio import STRETCHES, InputError, is_image_name, read_picture, write_picture
@@ -314,7 +315,7 @@ def run_info(args: argparse.Namespace) -> int:
             return _list_releases(args)
         if inf.release_spec(args.model):
             return _release_card(args)
-    except SystemExit as e:  # weights.ReleaseError: a broken registry, an unknown name
+    except AstroganError as e:  # weights.ReleaseError: a broken registry, an unknown name
         print(f"astrogan: {e}", file=sys.stderr)
         return EXIT_NO_MODEL
     try:

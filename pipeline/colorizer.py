@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from pipeline import color, hints
+from pipeline.errors import AstroganError
 
 GUIDED = ("guided_unet",)  # generators that take pipeline.hints's guided input
 
@@ -37,7 +38,8 @@ def pair_maker(entry: dict, mono: float = 0.0) -> Callable:
     single-filter grey inputs; else the plain pair of the entry's colour space."""
     if is_guided(entry):
         if mono > 0:
-            raise SystemExit(f"params.yaml: pretrain.mono={mono:g} is for the automatic colorizers; a guided "
+            raise AstroganError(f"params.yaml: pretrain.mono={mono:g} is for the automatic colorizers; "
+                                "a guided "
                              "entry (generator guided_unet) takes no mono inputs: set its pretrain.mono to 0")
         cfg = hints.GuideConfig.from_params(entry.get("guide"))
         return lambda rgb, gen: hints.make_pair(rgb, gen, cfg)
@@ -119,8 +121,8 @@ def colour_objective(entry: dict, images, G: torch.nn.Module, device: torch.devi
     head = entry.get("head") or {}
     if head:
         if head.get("kind") != "classification" or entry.get("generator") != "ab_classifier":
-            raise SystemExit(f"colorize.zoo entry head {head!r}: only kind: classification, with generator "
-                             "ab_classifier")
+            raise AstroganError(f"colorize.zoo entry head {head!r}: only kind: classification, with "
+                                "generator ab_classifier")
         centres = G.centres.to(device)
         prior = abclass.empirical_prior(_ab_samples(images), G.centres, float(head.get("sigma", 5.0)))
         weights = abclass.rebalance_weights(prior, float(head.get("lam", 0.5))).float().to(device)
@@ -167,17 +169,28 @@ def spread(tiles, n: int):
 
 @torch.no_grad()
 def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
-                    device: torch.device) -> tuple[float, dict[str, float]]:
+                    device: torch.device, faint: float = 0.0) -> tuple[float, dict[str, float]]:
     """The a*b scale of ``strengths`` with the lowest a*b L1 on the val tiles (uint8), and each one's
     val a*b L1. The prediction is made once; scaling its a*b is exact in L*a*b* (the final RGB
-    conversion may clip a few out-of-gamut colours, which the test scores include)."""
+    conversion may clip a few out-of-gamut colours, which the test scores include).
+
+    ``faint`` > 0: do no harm on low-colour images. Only strengths whose a*b L1 against the truth's
+    a*b scaled by ``faint`` is at most grey's there are eligible (0 always is): a model unsure of
+    colour then leaves it out, where a faint image has little. A grey image cannot tell how much
+    colour its truth had, so the same strength must serve both."""
     err = torch.zeros(len(strengths), dtype=torch.float64)
-    n = 0
+    weak = torch.zeros(len(strengths), dtype=torch.float64)
+    grey_weak, n = 0.0, 0
     for i in range(0, len(val), batch):
         rgb = val[i:i + batch].to(device).float().div_(255.0)
         ab_true, ab_pred = color.rgb_to_lab(rgb)[:, 1:], color.rgb_to_lab(fn(rgb))[:, 1:]
         for j, s in enumerate(strengths):
             err[j] += (ab_pred * s - ab_true).abs().double().sum().cpu()
+            if faint > 0:
+                weak[j] += (ab_pred * s - ab_true * faint).abs().double().sum().cpu()
+        grey_weak += float((ab_true * faint).abs().double().sum())
         n += ab_true.numel()
     per = {f"{s:g}": float(e / n) for s, e in zip(strengths, err, strict=True)}
-    return strengths[int(err.argmin())], per
+    allowed = torch.tensor([faint <= 0 or s == 0 or float(weak[j]) <= grey_weak
+                            for j, s in enumerate(strengths)])
+    return strengths[int(torch.where(allowed, err, torch.full_like(err, float("inf"))).argmin())], per

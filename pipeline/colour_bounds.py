@@ -39,6 +39,7 @@ import torch
 
 from pipeline import color
 from pipeline.data import read_packed
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_json_atomic
 
 
@@ -46,7 +47,7 @@ def lab_pixels(packed: Path, split: str, stride: int) -> tuple[torch.Tensor, lis
     """L*a*b* (N, 3, h, w) of the split's colour tiles, every ``stride``-th pixel, and their image ids."""
     tiles, rows = read_packed(packed, split, colour_only=True)
     if not rows:
-        raise SystemExit(f"{packed}: the {split} split has no colour tiles")
+        raise AstroganError(f"{packed}: the {split} split has no colour tiles")
     out = [color.rgb_to_lab(tiles[i:i + 64, :, ::stride, ::stride].float().div(255.0))
            for i in range(0, len(rows), 64)]
     return torch.cat(out), [r["image_id"] for r in rows]
@@ -141,7 +142,7 @@ def palettes(train: torch.Tensor, train_images: list[str], width: float, n_palet
 def bounds(packed: Path, split: str = "test", stride: int = 4, width: float = 2.0, k: int = 20,
            n_palettes: int = 4) -> dict:
     if k < 1 or n_palettes < 1:
-        raise SystemExit(f"--k {k} --palettes {n_palettes}: each needs 1 or more")
+        raise AstroganError(f"--k {k} --palettes {n_palettes}: each needs 1 or more")
     test, images = lab_pixels(packed, split, stride)
     train, train_images = lab_pixels(packed, "train", stride * 2)
     n_bins = int(100 / width) + 1
@@ -188,4 +189,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

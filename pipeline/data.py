@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import read_csv, sha256_file
 
 
@@ -43,7 +44,7 @@ def read_split(split_dir: str | os.PathLike, name: str) -> list[dict[str, str]]:
     """Rows of ``<split_dir>/<name>.csv`` (tile_id, image_id, ...)."""
     path = Path(split_dir) / f"{name}.csv"
     if not path.is_file():
-        raise SystemExit(f"{path}: split file missing; run `dvc repro split` first")
+        raise AstroganError(f"{path}: split file missing; run `dvc repro split` first")
     return read_csv(path)
 
 
@@ -62,11 +63,11 @@ def load_tiles_checked(tiles_dir: str | os.PathLike, tile_ids: Sequence[str], cr
     try:
         tiles = load_tiles(tiles_dir, tile_ids)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
-                         ) from None
+        raise AstroganError(f"{tiles_dir}: cannot load the train tiles ({e}); rerun `dvc repro tile split`"
+                            ) from None
     if min(tiles.shape[-2:]) < crop:
-        raise SystemExit(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
-                         f"lower {crop_params} or raise tile.size")
+        raise AstroganError(f"{tiles_dir}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
+                            f"lower {crop_params} or raise tile.size")
     return tiles
 
 
@@ -196,15 +197,15 @@ def read_packed(packed_dir: str | os.PathLike, split: str, *, colour_only: bool 
     grey != "1" (a copy of those tiles). Missing or unreadable files stop with one line and the fix."""
     npy, csv_path = packed_paths(packed_dir, split)
     if not npy.is_file() or not csv_path.is_file():
-        raise SystemExit(f"{npy}: packed tiles missing; run `dvc repro pack`")
+        raise AstroganError(f"{npy}: packed tiles missing; run `dvc repro pack`")
     try:
         arr = np.load(npy, mmap_mode="r")
     except (OSError, ValueError) as e:
-        raise SystemExit(f"{npy}: unreadable packed tiles ({e}); rerun `dvc repro pack`") from None
+        raise AstroganError(f"{npy}: unreadable packed tiles ({e}); rerun `dvc repro pack`") from None
     rows = read_csv(csv_path)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3 or len(arr) != len(rows):
-        raise SystemExit(f"{npy}: {arr.dtype} {arr.shape} does not match {csv_path} ({len(rows)} rows) "
-                         "as uint8 (N, 3, S, S); rerun `dvc repro pack`")
+        raise AstroganError(f"{npy}: {arr.dtype} {arr.shape} does not match {csv_path} ({len(rows)} rows) "
+                            "as uint8 (N, 3, S, S); rerun `dvc repro pack`")
     if colour_only:
         keep = [i for i, r in enumerate(rows) if r.get("grey", "0") != "1"]
         if len(keep) < len(rows):
@@ -217,8 +218,8 @@ def read_packed(packed_dir: str | os.PathLike, split: str, *, colour_only: bool 
 def check_crop(tiles: torch.Tensor, crop: int, source: str, crop_params: str) -> torch.Tensor:
     """Stop with one line when the tiles are smaller than the training crop."""
     if len(tiles) and min(tiles.shape[-2:]) < crop:
-        raise SystemExit(f"{source}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
-                         f"lower {crop_params} or raise tile.size")
+        raise AstroganError(f"{source}: tiles are {tiles.shape[-1]} px, smaller than the {crop} px crop; "
+                            f"lower {crop_params} or raise tile.size")
     return tiles
 
 
@@ -296,8 +297,8 @@ def load_colour_tiles(packed_dir: Path, crop: int, split: str = "train"
     if not rows and split != "train":
         return torch.empty(0, 3, crop, crop, dtype=torch.uint8), {"split": str(csv_path), "tiles": 0}, []
     if not rows:
-        raise SystemExit(f"{csv_path}: none of its {all_rows} train tiles has colour (all grey == 1); "
-                         "add colour images (scrape.sources) and rerun `dvc repro split pack`")
+        raise AstroganError(f"{csv_path}: none of its {all_rows} train tiles has colour (all grey == 1); "
+                            "add colour images (scrape.sources) and rerun `dvc repro split pack`")
     check_crop(tiles, crop, str(csv_path), "finetune.crop")
     facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
              "grey_skipped": all_rows - len(rows), "pixels_sha256": images_sha256(tiles)}
@@ -314,11 +315,11 @@ def image_hash(image_id: str) -> float:
 def choose_test_images(image_ids: set[str], test_fraction: float) -> set[str]:
     """The image ids assigned to test (never empty for >= 2 images)."""
     if len(image_ids) < 2:
-        raise SystemExit(f"split: {len(image_ids)} image(s) in tiles.csv, need at least 2 for a "
-                         "train/test split; add images (scrape.sources) or lower tile.min_content")
+        raise AstroganError(f"split: {len(image_ids)} image(s) in tiles.csv, need at least 2 for a "
+                            "train/test split; add images (scrape.sources) or lower tile.min_content")
     test = {i for i in image_ids if image_hash(i) < test_fraction}
     if not test:
         test = {min(image_ids, key=image_hash)}
     if test == image_ids:
-        raise SystemExit(f"split: split.test_fraction {test_fraction} puts every image in test; lower it")
+        raise AstroganError(f"split: split.test_fraction {test_fraction} puts every image in test; lower it")
     return test

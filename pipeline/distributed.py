@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.errors import AstroganError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -92,8 +94,8 @@ def wrap(model: nn.Module, job: Dist, device: torch.device, sync_batchnorm: str)
         return model
     if sync_batchnorm == "on" or (sync_batchnorm == "auto" and device.type == "cuda"):
         if device.type != "cuda":
-            raise SystemExit("params.yaml: train.sync_batchnorm=on needs CUDA (PyTorch's SyncBatchNorm is "
-                             "GPU-only); use auto or off on CPU")
+            raise AstroganError("params.yaml: train.sync_batchnorm=on needs CUDA (PyTorch's SyncBatchNorm is "
+                                "GPU-only); use auto or off on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

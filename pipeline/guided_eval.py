@@ -74,11 +74,14 @@ class _Sum:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, tiles: torch.Tensor, image_ids: Sequence[str], *,
+def score(model: torch.nn.Module | None, tiles: torch.Tensor, image_ids: Sequence[str], *,
           counts: Sequence[int] = COUNTS, seed: int = 0, patch: int = 3, reference: bool = True,
-          device: torch.device | str = "cpu", progress=None) -> dict:
-    """Guided-colour scores of ``model`` on uint8 tiles (N, 3, S, S) (module docstring)."""
-    model.eval()
+          auto_strength: float = 1.0, device: torch.device | str = "cpu", progress=None) -> dict:
+    """Guided-colour scores of ``model`` on uint8 tiles (N, 3, S, S) (module docstring); with no
+    model, the baselines alone. ``auto_strength`` scales the model's a*b* with no hint (0 points and
+    ``low_colour``), as ``astrogan colorize`` does with no hints (its default strength)."""
+    if model is not None:
+        model.eval()
     by_count = {n: _Sum() for n in counts}
     ref_sum, low = _Sum(), _Sum()
     refs = reference_rows(image_ids) if reference else [None] * len(tiles)
@@ -90,22 +93,29 @@ def score(model: torch.nn.Module, tiles: torch.Tensor, image_ids: Sequence[str],
         unit = hints.unit_of(h, w)
         grey = float(ab.abs().mean())
 
-        def run(guide: hints.Guide | None, L: torch.Tensor = L) -> torch.Tensor:
+        def run(guide: hints.Guide | None, L: torch.Tensor = L) -> torch.Tensor | None:
+            if model is None:
+                return None
             x = hints.encode(L[0, 0], guide)[None].to(device)
             return color.denormalize_ab(model(x).float().cpu())
+
+        def scores(pred: torch.Tensor | None, L: torch.Tensor = L, ab: torch.Tensor = ab, rgb=rgb) -> dict:
+            if pred is None:
+                return {}
+            return {"model": float((pred - ab).abs().mean()), "model_psnr": float(_psnr_rgb(L, pred, rgb))}
 
         for n in counts:
             gen = torch.Generator().manual_seed(seed + i)
             pts = hints.sample_points(lab[0], n, gen, where="uniform", patch=(patch, patch))
             guide = hints.Guide(pts, hints.point_lightness(pts, L[0, 0]), None, unit)
             pred = run(guide)
+            if n == 0 and pred is not None:
+                pred = pred * auto_strength
             near, _ = hints.nearest(pts, guide.point_L, L[0, 0], (0, 0), unit)
-            by_count[n].add(model=float((pred - ab).abs().mean()),
-                            nearest=float((near[None] - ab).abs().mean()),
-                            grey=grey, model_psnr=float(_psnr_rgb(L, pred, rgb)),
+            by_count[n].add(**scores(pred), nearest=float((near[None] - ab).abs().mean()), grey=grey,
                             nearest_psnr=float(_psnr_rgb(L, near[None], rgb)),
                             grey_psnr=float(_psnr_rgb(L, torch.zeros_like(ab), rgb)))
-            if n == 0:
+            if n == 0 and pred is not None:
                 low.add(model=float((pred - ab / 5).abs().mean()), grey=grey / 5)
         j = refs[i]
         if j is not None:
@@ -114,20 +124,19 @@ def score(model: torch.nn.Module, tiles: torch.Tensor, image_ids: Sequence[str],
             guide = hints.Guide(torch.zeros(0, 5), torch.zeros(0), pal, unit)
             pred = run(guide)
             base = palette_baseline(ref_lab, L)
-            ref_sum.add(model=float((pred - ab).abs().mean()), palette=float((base - ab).abs().mean()),
-                        grey=grey, model_psnr=float(_psnr_rgb(L, pred, rgb)),
+            ref_sum.add(**scores(pred), palette=float((base - ab).abs().mean()), grey=grey,
                         palette_psnr=float(_psnr_rgb(L, base, rgb)))
         if progress is not None:
             progress(1)
-    out = {"tiles": len(tiles), "patch": patch, "seed": seed, "points": {}}
+    out = {"tiles": len(tiles), "patch": patch, "seed": seed, "auto_strength": auto_strength, "points": {}}
     for n, acc in by_count.items():
         m = acc.mean()
-        out["points"][str(n)] = {**m, "model_vs_grey": _ratio(m["model"], m["grey"]),
-                                 "nearest_vs_grey": _ratio(m["nearest"], m["grey"])}
+        mine = {"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {}
+        out["points"][str(n)] = {**m, **mine, "nearest_vs_grey": _ratio(m["nearest"], m["grey"])}
     if ref_sum.n:
         m = ref_sum.mean()
-        out["reference"] = {**m, "tiles": ref_sum.n, "model_vs_grey": _ratio(m["model"], m["grey"]),
-                            "palette_vs_grey": _ratio(m["palette"], m["grey"])}
+        out["reference"] = {**m, "tiles": ref_sum.n, "palette_vs_grey": _ratio(m["palette"], m["grey"]),
+                            **({"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {})}
     if low.n:
         m = low.mean()
         out["low_colour"] = {**m, "model_vs_grey": _ratio(m["model"], m["grey"])}

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline import color
+from pipeline.errors import AstroganError
 
 CHANNELS = 10
 BINS = 21                      # palette centres at L* = 0, 5, ..., 100
@@ -70,9 +71,10 @@ class GuideConfig:
         known = {"p", "none", "max_points", "patch", "where", "reference", "desaturate"}
         cfg = cls(**{k: (tuple(v) if k == "patch" else v) for k, v in s.items() if k in known})
         if not 0 < cfg.p <= 1 or not all(0 <= v <= 1 for v in (cfg.none, cfg.reference, cfg.desaturate)):
-            raise SystemExit(f"params.yaml: guide {s}: p in (0, 1]; none, reference, desaturate in [0, 1]")
+            raise AstroganError(f"params.yaml: guide {s}: p in (0, 1]; none, reference, desaturate in [0, 1]")
         if cfg.where not in ("normal", "uniform") or not 1 <= cfg.patch[0] <= cfg.patch[1]:
-            raise SystemExit(f"params.yaml: guide {s}: where normal|uniform, patch [lo, hi], 1 <= lo <= hi")
+            raise AstroganError(f"params.yaml: guide {s}: where normal|uniform, patch [lo, hi], 1 <= lo "
+                                "<= hi")
         return cfg
 
 

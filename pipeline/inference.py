@@ -26,6 +26,7 @@ import torch
 
 from pipeline import color, hints, weights
 from pipeline.colorizer import takes_hints
+from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.imageio import quantize
 from pipeline.models import load_generator
@@ -138,7 +139,7 @@ def load_model(path: Path, task: str, device: torch.device) -> Loaded:
     """Load a project checkpoint (``.pt``) for ``task``."""
     try:
         model, meta = load_generator(path, device)
-    except SystemExit as e:  # load_generator speaks to stage scripts; here it is one file's error
+    except AstroganError as e:  # load_generator speaks to stage scripts; here it is one file's error
         raise ModelError(str(e)) from None
     return _loaded(model, meta, path, task, str(path))
 
@@ -150,7 +151,7 @@ def load_release_model(spec: str, task: str, device: torch.device) -> tuple[Load
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an unregistered file: the returned line says so
             model, meta = weights.load_release(spec, device)
-    except SystemExit as e:  # ReleaseError and unknown architectures: one line each
+    except AstroganError as e:  # ReleaseError and unknown architectures: one line each
         raise ModelError(str(e)) from None
     name, path = meta["release"], meta["file"]
     lm = _loaded(model, meta, path, task, f"release {name}", release=name, sha256=meta["sha256"])
@@ -174,7 +175,7 @@ def open_model(spec: str | None, project: Path, task: str, device: torch.device)
             name = weights.default_release(task)
             spec = weights.PREFIX + name if name else "best"
         is_release = spec != "best" and release_spec(spec)
-    except SystemExit as e:  # a broken registry is loud, not skipped
+    except AstroganError as e:  # a broken registry is loud, not skipped
         raise ModelError(str(e)) from None
     if is_release:
         return load_release_model(spec, task, device)

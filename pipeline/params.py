@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import AstroganError
+
 PARAMS_FILE = Path(os.environ.get("ASTROGAN_PARAMS", "params.yaml"))
 DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"  # the DAG the stages belong to
 
@@ -50,7 +52,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     # The env var is read per call (not only at import), so tests and wrappers can point at a file.
     p = Path(path) if path is not None else Path(os.environ.get("ASTROGAN_PARAMS", PARAMS_FILE))
     if not p.is_file():
-        raise SystemExit(f"{p}: params file not found; run from the project root (where dvc.yaml is)")
+        raise AstroganError(f"{p}: params file not found; run from the project root (where dvc.yaml is)")
     with p.open() as f:
         return yaml.safe_load(f)
 

@@ -25,6 +25,7 @@ import torch
 
 from pipeline import colorizer, guided_eval, superres, weights
 from pipeline.data import choose_test_images, load_rgb, read_packed
+from pipeline.errors import run_main
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
 from pipeline.params import load_params
 from pipeline.sources.embedded import VENDORED
@@ -100,11 +101,14 @@ def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Ten
 
 @torch.no_grad()
 def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor,
-                            strengths: tuple[float, ...], max_tiles: int = 256) -> tuple[float, dict]:
-    """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8), as the
-    evaluate stage chooses it for the project's models; and each strength's val a*b L1."""
+                            strengths: tuple[float, ...], max_tiles: int = 256,
+                            faint: float = 0.2) -> tuple[float, dict]:
+    """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8) among those
+    that do no harm on faint images (``faint``), as the evaluate stage chooses it for the project's
+    models; and each strength's val a*b L1."""
     return colorizer.choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
-                           colorizer.spread(val, max_tiles), strengths, 8, torch.device("cpu"))
+                                     colorizer.spread(val, max_tiles), strengths, 8, torch.device("cpu"),
+                                     faint)
 
 
 def evaluate(name: str) -> dict:
@@ -135,7 +139,8 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     run = evaluate_colorize(model, space, test, strength=float(strength))
     run["images"] = len({r["image_id"] for r in rows})
     if colorizer.takes_hints(model):  # guided colour on the same test tiles (pipeline.guided_eval)
-        run["guided"] = guided_eval.score(model, test, [r["image_id"] for r in rows])
+        run["guided"] = guided_eval.score(model, test, [r["image_id"] for r in rows],
+                                          auto_strength=float(strength))
     reg = weights.registry()
     entry = reg["models"][name]
     entry["strength"] = float(strength)
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                         "split")
     st.add_argument("name")
     st.add_argument("packed", help="the release run's pack stage output (val.npy, test.npy)")
-    st.add_argument("--strengths", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    st.add_argument("--strengths", type=float, nargs="+",
+                    default=[0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5])
     args = ap.parse_args(argv)
     if args.cmd == "evaluate":
         print(json.dumps(evaluate(args.name), indent=2))
@@ -195,4 +201,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

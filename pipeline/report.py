@@ -194,6 +194,14 @@ def _guided(g: dict | None) -> str:
              "tables'), and / grey; PSNR on RGB. `python -m pipeline.guided_eval` documents the protocol; "
              "`dvc plots show` draws a\\*b\\* L1 against n (`metrics/plots/guided.csv`).\n\n"]
     for key, r in g.items():
+        if "model" not in next(iter(r["points"].values())):  # no guided model in the run
+            rows = [[n, "—", "—", _fmt(m["nearest"]), f"{m['nearest_vs_grey']:.3f}", "—",
+                     _fmt(m["nearest_psnr"])] for n, m in r["points"].items()]
+            parts.append("No guided model in this run (`colorize.pretrain`/`finetune`): the baselines "
+                         "alone.\n\n"
+                         + _table(["Points", "model a\\*b\\* L1", "/ grey", "nearest", "/ grey", "model PSNR",
+                                   "baseline PSNR"], rows) + "\n")
+            continue
         rows = [[n, _fmt(m["model"]), f"{m['model_vs_grey']:.3f}", _fmt(m["nearest"]),
                  f"{m['nearest_vs_grey']:.3f}", _fmt(m["model_psnr"]), _fmt(m["nearest_psnr"])]
                 for n, m in r["points"].items()]
@@ -208,7 +216,8 @@ def _guided(g: dict | None) -> str:
                 f"{_fmt(low['model'])} against grey's {_fmt(low['grey'])} ({low['model_vs_grey']:.3f}x): "
                 + ("a model unsure of colour leaves it out." if low["model_vs_grey"] <= 1 else
                    "worse than grey: this model adds colour that faint images lack.") + "\n") if low else ""
-        parts.append(f"**{key}** ({r['tiles']} tiles)\n\n"
+        parts.append(f"**{key}** ({r['tiles']} tiles; with 0 points, the no-hint path at its val-chosen "
+                     f"strength {r.get('auto_strength', 1.0):g}, as `astrogan colorize` runs it)\n\n"
                      + _table(["Points", "model a\\*b\\* L1", "/ grey", "nearest / palette", "/ grey",
                                "model PSNR", "baseline PSNR"], rows) + "\n" + note + "\n")
     return "".join(parts)
@@ -494,10 +503,10 @@ def summary(colorization: dict, superres: dict, data: dict) -> dict:
         g = min(guided.values(), key=lambda r: r["points"].get("10", {}).get("model", float("inf")))
         ten = g["points"].get("10") or {}
         ref = g.get("reference") or {}
-        out["guided"] = {"points10_vs_grey": ten.get("model_vs_grey"),
-                         "nearest10_vs_grey": ten.get("nearest_vs_grey"),
-                         **({"reference_vs_grey": ref["model_vs_grey"],
-                             "palette_vs_grey": ref["palette_vs_grey"]} if ref else {})}
+        found = {"points10_vs_grey": ten.get("model_vs_grey"),
+                 "nearest10_vs_grey": ten.get("nearest_vs_grey"),
+                 "reference_vs_grey": ref.get("model_vs_grey"), "palette_vs_grey": ref.get("palette_vs_grey")}
+        out["guided"] = {k: v for k, v in found.items() if v is not None}
     sr = [(m["psnr_y"], m) for name, stages in superres.items()
           if name not in SR_TOP_LEVEL and isinstance(stages, dict) for m in stages.values()
           if isinstance(m, dict) and "psnr_y" in m]
@@ -507,3 +516,45 @@ def summary(colorization: dict, superres: dict, data: dict) -> dict:
                            **({"fid": best["fid"]} if best.get("fid") is not None else {})}
     out["data"] = {k: v for k, v in data.items() if v is not None}
     return out
+
+
+def save_guided_plot(path: str | os.PathLike, guided: dict) -> int:
+    """A PNG of guided colour's a*b* L1 / grey against the number of points (log x), each guided model
+    beside the nearest-hint baseline, with the reference results as points at the right: the
+    ``dvc plots`` curve, viewable offline. Returns the file size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    first = next(iter(guided.values()))["points"]
+    xs = [max(int(n), 0.5) for n in first]  # 0 points drawn at 0.5 on the log axis
+    ax.plot(xs, [m["nearest_vs_grey"] for m in first.values()], "o--", color="grey", label="nearest hint")
+    for key, r in guided.items():
+        if "model_vs_grey" not in first[next(iter(first))]:
+            continue  # baselines only: no guided model in the run
+        ax.plot(xs, [m["model_vs_grey"] for m in r["points"].values()], "o-", label=key)
+        ref = r.get("reference")
+        if ref:
+            ax.scatter([xs[-1] * 2], [ref["model_vs_grey"]], marker="*", s=90, zorder=3,
+                       label=f"{key}, reference tile")
+    ref = next((r["reference"] for r in guided.values() if r.get("reference")), None)
+    if ref:
+        ax.scatter([xs[-1] * 2], [ref["palette_vs_grey"]], marker="x", color="grey", s=60, zorder=3,
+                   label="reference palette")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(xs + ([xs[-1] * 2] if ref else []))
+    ax.set_xticklabels([str(n) for n in first] + (["ref."] if ref else []))
+    ax.set_xlabel("colour points per 256 px test tile")
+    ax.set_ylabel("a*b* L1 / grey's (lower is better)")
+    ax.set_ylim(0, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return len(buf.getvalue())

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.data import check_crop, images_sha256, packed_paths, read_packed
+from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.metrics import MIN_MSE, RGB, gaussian_kernel1d, l1_per_channel, l2_per_channel, psnr, ssim
 from pipeline.params import stage_params
@@ -44,8 +45,8 @@ class Degradation:
         s, g = params["superres"], params["superres"]["degradation"]
         d = cls(int(s["scale"]), float(g["blur_sigma"]), float(g["noise_sigma"]))
         if d.scale < 1 or d.blur_sigma < 0 or d.noise_sigma < 0:
-            raise SystemExit(f"params.yaml: superres scale {d.scale} must be >= 1 and degradation sigmas "
-                             f">= 0 (blur {d.blur_sigma}, noise {d.noise_sigma})")
+            raise AstroganError(f"params.yaml: superres scale {d.scale} must be >= 1 and degradation sigmas "
+                                f">= 0 (blur {d.blur_sigma}, noise {d.noise_sigma})")
         return d
 
 
@@ -142,7 +143,8 @@ def perceptual_loss(weight: float, layer: str = "relu5_4") -> tuple[VGGPerceptua
     """The VGG loss module (or None) and the record for the model card: requested weight, used weight,
     weights source or the reason it was dropped. weight 0 builds nothing."""
     if layer not in VGG19_LAYERS:
-        raise SystemExit(f"params.yaml: superres.perceptual_layer={layer!r}; use {', '.join(VGG19_LAYERS)}")
+        raise AstroganError(f"params.yaml: superres.perceptual_layer={layer!r}; "
+                            f"use {', '.join(VGG19_LAYERS)}")
     record = {"requested_weight": weight, "layer": layer, "used_weight": 0.0}
     if weight <= 0:
         return None, record | {"weights": None, "reason": "perceptual_weight is 0"}
@@ -194,7 +196,7 @@ def zoo_entry(params: dict, name: str) -> dict:
     """``superres.zoo.<name>``: generator, generator_kwargs, discriminator, discriminator_kwargs."""
     zoo = params["superres"]["zoo"]
     if name not in zoo:
-        raise SystemExit(f"SR model {name!r} is not in params.yaml superres.zoo; known: {', '.join(zoo)}")
+        raise AstroganError(f"SR model {name!r} is not in params.yaml superres.zoo; known: {', '.join(zoo)}")
     return zoo[name]
 
 
@@ -216,9 +218,9 @@ def load_train_tiles(packed_dir: Path, crop: int, scale: int) -> tuple[torch.Ten
     tiles, rows = read_packed(packed_dir, "train")
     _, csv_path = packed_paths(packed_dir, "train")
     if not rows:
-        raise SystemExit(f"{csv_path}: no train tiles; add images or lower split.test_fraction")
+        raise AstroganError(f"{csv_path}: no train tiles; add images or lower split.test_fraction")
     if crop % scale:
-        raise SystemExit(f"params.yaml: the HR crop {crop} px is not a multiple of superres.scale {scale}")
+        raise AstroganError(f"params.yaml: the HR crop {crop} px is not a multiple of superres.scale {scale}")
     check_crop(tiles, crop, str(csv_path), "sr_pretrain.crop / sr_finetune.crop (the HR crop)")
     facts = {"split": str(csv_path), "split_sha256": sha256_file(csv_path), "tiles": len(rows),
              "pixels_sha256": images_sha256(tiles)}

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.data import Feeder, images_sha256  # noqa: F401 (re-exported)
+from pipeline.errors import AstroganError
 from pipeline.fsio import atomic_path, write_csv_atomic, write_json_atomic
 from pipeline.models import save_generator
 from pipeline.params import resolve_device, stage_params
@@ -93,15 +94,15 @@ class TrainConfig:
                   sync_batchnorm=_switch(t, "sync_batchnorm"), data_on_device=_switch(t, "data_on_device"),
                   nproc=int(t.get("nproc", 1)), time_limit_s=float(p.get("time_limit_s", 0) or 0))
         if cfg.nproc < 1:
-            raise SystemExit(f"params.yaml: train.nproc must be >= 1, got {cfg.nproc}")
+            raise AstroganError(f"params.yaml: train.nproc must be >= 1, got {cfg.nproc}")
         for key in ("batch_size", "crop", "checkpoint_every", "log_every"):
             if getattr(cfg, key) < 1:
-                raise SystemExit(f"params.yaml: {phase}.{key} must be >= 1, got {getattr(cfg, key)}")
+                raise AstroganError(f"params.yaml: {phase}.{key} must be >= 1, got {getattr(cfg, key)}")
         for key in ("steps", "eval_every", "patience", "epochs", "time_limit_s"):
             if getattr(cfg, key) < 0:
-                raise SystemExit(f"params.yaml: {phase}.{key} must be >= 0, got {getattr(cfg, key)}")
+                raise AstroganError(f"params.yaml: {phase}.{key} must be >= 0, got {getattr(cfg, key)}")
         if cfg.precision not in ("auto", "fp32", "bf16"):
-            raise SystemExit(f"params.yaml: train.precision={cfg.precision!r}; use auto, fp32 or bf16")
+            raise AstroganError(f"params.yaml: train.precision={cfg.precision!r}; use auto, fp32 or bf16")
         return cfg
 
     def with_epochs(self, n_images: int) -> TrainConfig:
@@ -116,7 +117,7 @@ def _switch(section: dict, key: str) -> str:
     value = section.get(key, "auto")
     value = {True: "on", False: "off"}.get(value, value)
     if value not in ("auto", "on", "off"):
-        raise SystemExit(f"params.yaml: train.{key}={value!r}; use auto, true or false")
+        raise AstroganError(f"params.yaml: train.{key}={value!r}; use auto, true or false")
     return value
 
 
@@ -129,7 +130,7 @@ def zoo_entry(params: dict, name: str) -> dict:
     """The ``colorize.zoo.<name>`` entry (generator, color_space, discriminator)."""
     zoo = params["colorize"]["zoo"]
     if name not in zoo:
-        raise SystemExit(f"colorizer {name!r} is not in params.yaml colorize.zoo; known: {', '.join(zoo)}")
+        raise AstroganError(f"colorizer {name!r} is not in params.yaml colorize.zoo; known: {', '.join(zoo)}")
     return zoo[name]
 
 
@@ -163,7 +164,7 @@ def gan_losses(kind: str, gp_weight: float = 10.0) -> nn.Module:
     table = {"vanilla": nn.BCEWithLogitsLoss, "lsgan": nn.MSELoss,
              "wgan-gp": lambda: WassersteinGP(gp_weight)}
     if kind not in table:
-        raise SystemExit(f"params.yaml: train.gan_loss={kind!r}; use one of {', '.join(table)}")
+        raise AstroganError(f"params.yaml: train.gan_loss={kind!r}; use one of {', '.join(table)}")
     return table[kind]()
 
 
@@ -198,7 +199,7 @@ ExtraLoss = tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torc
 def pixel_loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The pixel loss by name: ``l1`` (mean |a - b|) or ``mse`` (mean (a - b)^2)."""
     if kind not in PIXEL_LOSSES:
-        raise SystemExit(f"params.yaml: pixel loss {kind!r}; use one of {', '.join(PIXEL_LOSSES)}")
+        raise AstroganError(f"params.yaml: pixel loss {kind!r}; use one of {', '.join(PIXEL_LOSSES)}")
     return PIXEL_LOSSES[kind]
 
 
@@ -475,7 +476,8 @@ def _check_input(G: nn.Module, x: torch.Tensor, crop: int, run: Run) -> None:
     ``factor`` 4 ResNet-18 U-Net needs multiples of 64 px)."""
     m = int(getattr(G, "input_multiple", 1) or 1)
     if x.shape[-1] % m or x.shape[-2] % m:
-        raise SystemExit(f"params.yaml: the {crop} px crop of {run.name} ({run.phase}) is not a multiple of "
+        raise AstroganError(f"params.yaml: the {crop} px crop of {run.name} ({run.phase}) is not a "
+                            "multiple of "
                          f"{m}, its generator's input multiple; set {run.phase}.crop (or the zoo entry's "
                          f"{run.phase}.crop) to a multiple of {m}")
 
@@ -486,8 +488,8 @@ def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     the device. Under torchrun every rank calls it; only rank 0 writes files (``result["main"]``)."""
     job, device = distributed.setup(resolve_device(cfg.device))
     if cfg.batch_size % job.world:
-        raise SystemExit(f"params.yaml: batch size {cfg.batch_size} does not split evenly over "
-                         f"{job.world} processes (train.nproc); make it a multiple")
+        raise AstroganError(f"params.yaml: batch size {cfg.batch_size} does not split evenly over "
+                            f"{job.world} processes (train.nproc); make it a multiple")
     fmt = torch.channels_last if resolved(cfg.channels_last, device) else torch.contiguous_format
     G, D = prepare(run.G, cfg, device, job), prepare(run.D, cfg, device, job)
     opt_g = make_adam(G, cfg, device)

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pipeline
+from pipeline.errors import AstroganError
 from pipeline.fsio import atomic_path, safe_name, sha256_file, write_json_atomic
 from pipeline.models import generator_class
 
@@ -47,7 +48,7 @@ REQUIRED_DATA = ("source", "licence", "credit")
 PROMOTED = {"task", "scale", "arch", "arch_kwargs", "color_space", "params", "data", "device"}
 
 
-class ReleaseError(SystemExit):
+class ReleaseError(AstroganError):
     """Release weights that cannot be used: one line that says the fix. A SystemExit, as
     ``load_generator``'s errors are, so a script stops with the message; the CLI catches it."""
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.errors import AstroganError, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -44,10 +46,10 @@ def set_dotted(params: dict, key: str, value) -> None:
     node, parts = params, key.split(".")
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
-            raise SystemExit(f"--set/preset: {key!r}: {part!r} is not a section of params.yaml")
+            raise AstroganError(f"--set/preset: {key!r}: {part!r} is not a section of params.yaml")
         node = node[part]
     if parts[-1] not in node:
-        raise SystemExit(f"--set/preset: {key!r} is not in params.yaml; check the spelling")
+        raise AstroganError(f"--set/preset: {key!r} is not in params.yaml; check the spelling")
     node[parts[-1]] = value
 
 
@@ -169,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

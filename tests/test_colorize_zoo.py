@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline import colorizer
 from pipeline import train as train_mod
+from pipeline.errors import AstroganError
 from pipeline.models import discriminator_class, generator_class, load_generator, out_channels
 from pipeline.models.resnet_patch import ResNet50Patch
 from pipeline.models.unet import UNet
@@ -48,7 +49,7 @@ def test_unet_shapes_range_and_multiple(space):
     assert isinstance(G, UNet) and G.input_multiple == 32
     out = G(torch.rand(2, 1, 64, 32) * 2 - 1)
     assert out.shape == (2, out_channels(space), 64, 32) and out.abs().max() <= 1
-    with pytest.raises(AssertionError, match="divisible by 32"):
+    with pytest.raises(ValueError, match="divisible by 32"):
         G(torch.zeros(1, 1, 48, 48))
     widths = [next(m for m in level if isinstance(m, nn.Conv2d)).out_channels for level in G.down]
     assert widths == [8, 16, 32, 64, 64]  # num_feat * min(2**k, 8)
@@ -181,7 +182,7 @@ def test_entry_overrides_and_epochs():
     assert cfg.with_epochs(5).steps == 3 * 3  # ceil(5 / 2) steps per epoch
     assert train_mod.TrainConfig.from_params(PARAMS, "finetune").with_epochs(5).steps == 4  # epochs 0
     params["finetune"]["patience"] = -1
-    with pytest.raises(SystemExit, match="finetune.patience must be >= 0"):
+    with pytest.raises(AstroganError, match="finetune.patience must be >= 0"):
         train_mod.TrainConfig.from_params(params, "finetune")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import color, colour_bounds
+from pipeline.errors import AstroganError
 
 RED, BLUE, GREEN = (200, 60, 60), (60, 60, 200), (60, 160, 60)
 
@@ -64,7 +65,7 @@ def test_retrieval_borrows_the_palette_of_the_train_tiles_that_look_alike(tmp_pa
     red, green = _ab(RED), _ab(GREEN)
     assert found["retrieval"] == pytest.approx(float((red.abs().sum() + green.abs().sum()) / 4), abs=1e-3)
     assert found["retrieval"] == pytest.approx(found["lookup"], abs=1e-3)
-    with pytest.raises(SystemExit, match="--k 0 --palettes 4: each needs 1 or more"):
+    with pytest.raises(AstroganError, match="--k 0 --palettes 4: each needs 1 or more"):
         colour_bounds.bounds(tmp_path, "test", k=0)
 
 
@@ -98,5 +99,5 @@ def test_cli_writes_the_json_and_a_missing_split_says_so(tmp_path, capsys):
     colour_bounds.main([str(tmp_path), "--out", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["ab_l1"]["lookup"] > 0 and saved == json.loads(capsys.readouterr().out)
-    with pytest.raises(SystemExit, match="packed tiles missing"):
+    with pytest.raises(AstroganError, match="packed tiles missing"):
         colour_bounds.main([str(tmp_path), "--split", "val"])

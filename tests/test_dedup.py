@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, read_jsonl
 from pipeline.sources.common import store_image
 from pipeline.stages import dedup
@@ -95,5 +96,5 @@ def test_stage_writes_manifest_dropped_and_metrics(project, raw):
 
 
 def test_missing_source_manifest_says_which_stage(tmp_path):
-    with pytest.raises(SystemExit, match=r"scrape@nope"):
+    with pytest.raises(AstroganError, match=r"scrape@nope"):
         dedup.load_records(tmp_path, ["nope"])

@@ -16,6 +16,7 @@ from torch import nn
 
 import pipeline.models
 from pipeline import report
+from pipeline.errors import AstroganError
 from pipeline.metrics import round_sig
 from pipeline.models import save_generator
 from pipeline.stages import evaluate
@@ -188,7 +189,7 @@ def test_main_end_to_end(project, capsys):
 def test_missing_checkpoint_is_one_clear_line_and_writes_nothing(project):
     tmp, params = project
     (tmp / "models" / "m2" / "pretrained.pt").unlink()
-    with pytest.raises(SystemExit, match=r"m2/pretrained\.pt: model checkpoint not found"):
+    with pytest.raises(AstroganError, match=r"m2/pretrained\.pt: model checkpoint not found"):
         evaluate.main()
     assert not (tmp / "metrics").exists()
 
@@ -201,7 +202,7 @@ def test_only_grey_test_tiles_is_a_clear_error(project):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([r | {"grey": "1"} for r in rows])
-    with pytest.raises(SystemExit, match="no colour test tiles"):
+    with pytest.raises(AstroganError, match="no colour test tiles"):
         evaluate.main()
 
 

@@ -8,6 +8,7 @@ import torch
 
 from pipeline import color, hints
 from pipeline.data import Feeder, siblings_of
+from pipeline.errors import AstroganError
 from pipeline.models.guided_unet import GuidedUNet
 
 
@@ -162,9 +163,9 @@ def test_reference_palette_refuses_grey():
 
 
 def test_guide_config_rejects_bad_params():
-    with pytest.raises(SystemExit, match="guide"):
+    with pytest.raises(AstroganError, match="guide"):
         hints.GuideConfig.from_params({"p": 0})
-    with pytest.raises(SystemExit, match="guide"):
+    with pytest.raises(AstroganError, match="guide"):
         hints.GuideConfig.from_params({"where": "edges"})
     assert hints.GuideConfig.from_params({"patch": [2, 4]}).patch == (2, 4)
 

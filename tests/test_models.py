@@ -46,7 +46,7 @@ def test_generator_is_a_unet_clipped_after_layer3():
 
 def test_generator_rejects_sizes_not_divisible_by_16():
     G = ResNet18UNet()
-    with pytest.raises(AssertionError, match="divisible by 16, got H=32, W=40"):
+    with pytest.raises(ValueError, match="divisible by 16, got H=32, W=40"):
         G(torch.zeros(1, 1, 32, 40))
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline import release, weights
 from pipeline.cli import main as cli
+from pipeline.errors import AstroganError
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = weights.registry(ROOT / "weights")["models"]
@@ -51,7 +52,7 @@ def test_a_corrupted_copy_fails_with_one_line(tmp_path, monkeypatch):
     data[-5] ^= 0xFF
     f.write_bytes(bytes(data))
     monkeypatch.setenv("ASTROGAN_WEIGHTS", str(tmp_path / "w"))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(AstroganError) as e:
         weights.load_release(next(n for n, v in REGISTRY.items() if v is entry))
     assert "sha256" in str(e.value) and entry["file"] in str(e.value) and "\n" not in str(e.value)
 

@@ -16,6 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.errors import AstroganError
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("release_run", ROOT / "scripts/release_run.py")
 release_run = importlib.util.module_from_spec(spec)
@@ -33,9 +35,9 @@ def test_the_preset_names_only_keys_of_params_yaml_and_plans_the_dag_in_order():
     assert plan == [("scrape", ["folder"]), ("natural", []), ("dedup", []), ("tile", []), ("split", []),
                     ("pack", []), ("pretrain", ["resnet18_lab_cls_colour"]),
                     ("finetune", ["resnet18_lab_cls_colour"]), ("sr_pretrain", ["edsr"])]
-    with pytest.raises(SystemExit, match="'sr_pretrain.stepz' is not in params.yaml"):
+    with pytest.raises(AstroganError, match="'sr_pretrain.stepz' is not in params.yaml"):
         release_run.set_dotted(params, "sr_pretrain.stepz", 1)
-    with pytest.raises(SystemExit, match="'lr' is not a section"):
+    with pytest.raises(AstroganError, match="'lr' is not a section"):
         release_run.set_dotted(params, "lr.x", 1)
     cmd = release_run.dvc_command({"superres.models": ["edsr"], "sr_pretrain.steps": 12800})
     assert cmd == "dvc exp run -S 'superres.models=[\"edsr\"]' -S sr_pretrain.steps=12800"

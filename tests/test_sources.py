@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.sources import coco, embedded, folder
 from pipeline.sources.common import SourceConfig
@@ -146,7 +147,7 @@ def test_folder_rerun_skips_done_and_fresh_run_rebuilds(tmp_path, mixed_folder):
 
 @pytest.mark.parametrize("path", ["", "does/not/exist"])
 def test_folder_without_path_says_which_param(tmp_path, path):
-    with pytest.raises(SystemExit, match="scrape.folder.path"):
+    with pytest.raises(AstroganError, match="scrape.folder.path"):
         folder.fetch(tmp_path / "out", cfg("folder", path=path))
 
 
@@ -196,7 +197,7 @@ def test_natural_broken_coco_photo_is_one_line_and_keeps_the_previous_photos(pro
     (cdir / "000000000002.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     project.params["natural"].update(source="coco", coco_dir=str(cdir), count=5)
     project.save()
-    with pytest.raises(SystemExit, match=r"^natural: \S+000000000002\.jpg: not a decodable image \(.*\); "
+    with pytest.raises(AstroganError, match=r"^natural: \S+000000000002\.jpg: not a decodable image \(.*\); "
                                          r"remove it \(the previous photos are kept\)$"):
         natural.main()
     assert (project.path("natural") / MANIFEST).read_bytes() == before
@@ -208,7 +209,7 @@ def test_natural_coco_offline_is_one_line(project, monkeypatch):
     real = coco.download
     monkeypatch.setattr(coco, "download", lambda: real("http://127.0.0.1:9/val2017.zip", "0" * 32,
                                                        project.root / "cache", timeout=2))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(AstroganError) as e:
         natural.main()
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("COCO download failed (") and "natural.coco_dir" in msg
@@ -272,7 +273,7 @@ def test_natural_bad_folder_is_one_line_and_keeps_the_previous_photos(project, f
     before = (project.path("natural") / MANIFEST).read_bytes()
     project.params["natural"].update(source=["embedded", "folder"], folder=folder)
     project.save()
-    with pytest.raises(SystemExit, match=f"^{says}: set natural.folder"):
+    with pytest.raises(AstroganError, match=f"^{says}: set natural.folder"):
         natural.main()
     assert (project.path("natural") / MANIFEST).read_bytes() == before
     assert not project.path("natural").with_name("natural.part").exists()
@@ -281,7 +282,7 @@ def test_natural_bad_folder_is_one_line_and_keeps_the_previous_photos(project, f
 def test_natural_unknown_source_names_the_choices(project):
     project.params["natural"]["source"] = ["embedded", "flickr"]
     project.save()
-    with pytest.raises(SystemExit, match=r"natural.source \['embedded', 'flickr'\]: use one or more of "
+    with pytest.raises(AstroganError, match=r"natural.source \['embedded', 'flickr'\]: use one or more of "
                                          "embedded, folder, coco"):
         natural.main()
 

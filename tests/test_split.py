@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from pipeline.data import choose_test_images, image_hash
+from pipeline.errors import AstroganError
 from pipeline.fsio import write_csv_atomic
 from pipeline.stages import split
 from pipeline.stages.split import assign_rows, split_rows
@@ -48,7 +49,7 @@ def test_empty_test_gets_the_smallest_hash():
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_fewer_than_two_images_is_an_error(n):
-    with pytest.raises(SystemExit, match="at least 2"):
+    with pytest.raises(AstroganError, match="at least 2"):
         split_rows(rows_for(n), 0.1)
 
 
@@ -79,5 +80,5 @@ def test_val_is_carved_from_train_and_test_never_moves():
         old = {r["image_id"] for r in parts[name]}
         assert {r["image_id"] for r in more[name]} & {f"img{i}" for i in range(300)} == old
     assert assign_rows(rows, 0.1, 0.0)["val"] == []
-    with pytest.raises(SystemExit, match="val_fraction"):
+    with pytest.raises(AstroganError, match="val_fraction"):
         assign_rows(rows_for(5), 0.1, 0.95)

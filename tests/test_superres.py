@@ -18,6 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline import superres
 from pipeline import train as train_mod
+from pipeline.errors import AstroganError
 from pipeline.models import load_generator
 from pipeline.models.edsr import EDSR
 from pipeline.models.srresnet import SRGANDiscriminator
@@ -224,7 +225,7 @@ def test_unconditional_gan_steps_are_finite_and_use_extra_term():
     assert calls == [(4, 3, 32, 32)] * 3
     assert train_mod.Objective(pixel_loss="mse", extras=(extra,)).fields(gan=True) == [
         "step", "loss_g_gan", "loss_g_mse", "loss_g_perceptual", "loss_d", "loss_d_real", "loss_d_fake"]
-    with pytest.raises(SystemExit, match="pixel loss 'huber'"):
+    with pytest.raises(AstroganError, match="pixel loss 'huber'"):
         train_mod.pixel_loss_fn("huber")
 
 
@@ -312,12 +313,12 @@ def test_sr_finetune_resume_after_crash_equals_uninterrupted(tmp_path, use, offl
 def test_sr_stage_errors_are_one_clear_line(tmp_path, use):
     root = write_project(tmp_path / "p")
     use(root)
-    with pytest.raises(SystemExit, match="'nope' is not in params.yaml superres.zoo"):
+    with pytest.raises(AstroganError, match="'nope' is not in params.yaml superres.zoo"):
         sr_pretrain.main(["nope"])
-    with pytest.raises(SystemExit, match="pretrained.pt: model checkpoint not found"):
+    with pytest.raises(AstroganError, match="pretrained.pt: model checkpoint not found"):
         sr_finetune.main(["sr"])
     bad = copy.deepcopy(PARAMS)
     bad["sr_pretrain"]["crop"] = 18
     (root / "params.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(SystemExit, match="HR crop 18 px is not a multiple of superres.scale 4"):
+    with pytest.raises(AstroganError, match="HR crop 18 px is not a multiple of superres.scale 4"):
         sr_pretrain.main(["sr"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, write_jsonl_atomic
 from pipeline.stages import tile
 from pipeline.tileset import TileConfig, content_score, tile_positions
@@ -89,5 +90,5 @@ def test_stage_writes_csv_and_metrics(project, images):
 
 
 def test_stage_without_dedup_output_says_so(project):
-    with pytest.raises(SystemExit, match="dedup"):
+    with pytest.raises(AstroganError, match="dedup"):
         tile.main()

@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline import colorizer
 from pipeline import train as train_mod
 from pipeline.data import random_crops
+from pipeline.errors import AstroganError
 from pipeline.models import load_generator
 from pipeline.models.patchgan import PatchGAN
 from pipeline.models.resnet_unet import ResNet18UNet
@@ -174,11 +175,11 @@ def test_config_and_loss_validation():
     assert cfg.betas == (0.5, 0.999) and cfg.crop == 32 and cfg.lr == 2e-4
     bad = copy.deepcopy(PARAMS)
     bad["train"]["precision"] = "fp8"
-    with pytest.raises(SystemExit, match="train.precision"):
+    with pytest.raises(AstroganError, match="train.precision"):
         train_mod.TrainConfig.from_params(bad, "finetune")
-    with pytest.raises(SystemExit, match="train.gan_loss='wgan'"):
+    with pytest.raises(AstroganError, match="train.gan_loss='wgan'"):
         train_mod.gan_losses("wgan")
-    with pytest.raises(SystemExit, match="known: tiny, tiny_rgb"):
+    with pytest.raises(AstroganError, match="known: tiny, tiny_rgb"):
         train_mod.zoo_entry(PARAMS, "nope")
 
 
@@ -236,12 +237,12 @@ def test_pretrain_stage_writes_model_card_and_log(project, monkeypatch, capsys):
 
 
 def test_stage_errors_are_one_clear_line(project):
-    with pytest.raises(SystemExit, match="'nope' is not in params.yaml colorize.zoo"):
+    with pytest.raises(AstroganError, match="'nope' is not in params.yaml colorize.zoo"):
         pretrain.main(["nope"])
-    with pytest.raises(SystemExit, match="pretrained.pt: model checkpoint not found"):
+    with pytest.raises(AstroganError, match="pretrained.pt: model checkpoint not found"):
         finetune.main([NAME])
     (project / "data" / "natural" / "manifest.jsonl").unlink()
-    with pytest.raises(SystemExit, match="manifest.jsonl: missing; run `dvc repro natural`"):
+    with pytest.raises(AstroganError, match="manifest.jsonl: missing; run `dvc repro natural`"):
         pretrain.main([NAME])
 
 
@@ -249,7 +250,7 @@ def test_finetune_refuses_an_all_grey_split(tmp_path, monkeypatch):
     root = write_project(tmp_path / "grey", grey=("1", "1", "1", "1"))
     monkeypatch.chdir(root)
     monkeypatch.setenv("ASTROGAN_PARAMS", str(root / "params.yaml"))
-    with pytest.raises(SystemExit, match="none of its 4 train tiles has colour"):
+    with pytest.raises(AstroganError, match="none of its 4 train tiles has colour"):
         finetune.main([NAME])
 
 
@@ -356,5 +357,5 @@ def test_time_limit_stops_at_a_log_row_and_the_card_says_so(project, capsys):
     assert [r["step"] for r in rows] == ["2"]
     params["pretrain"]["time_limit_s"] = -1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match="pretrain.time_limit_s must be >= 0"):
+    with pytest.raises(AstroganError, match="pretrain.time_limit_s must be >= 0"):
         pretrain.main([NAME])

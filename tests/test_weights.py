@@ -14,6 +14,7 @@ from safetensors import safe_open
 from skimage import data as skdata
 
 from pipeline import cli, weights
+from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.imageio import read_meta
 from pipeline.models import generator_class, save_generator
@@ -123,16 +124,16 @@ def test_a_changed_or_missing_file_fails_loudly(tmp_path, wdir):
     raw = bytearray(file.read_bytes())
     raw[-3] ^= 0x01  # one bit of one weight
     file.write_bytes(bytes(raw))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(AstroganError) as e:
         weights.load_release("tiny")
     msg = str(e.value)
     assert "\n" not in msg and "tiny.safetensors: sha256 " in msg and "does not match the registry" in msg
     assert "corrupt or was changed" in msg and "git checkout -- " in msg
     file.unlink()
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(AstroganError) as e:
         weights.load_release("tiny")
     assert "\n" not in str(e.value) and "tiny.safetensors: file missing" in str(e.value)
-    with pytest.raises(SystemExit, match="no release 'other' in .*; known: tiny"):
+    with pytest.raises(AstroganError, match="no release 'other' in .*; known: tiny"):
         weights.load_release("other")
 
 
@@ -160,7 +161,7 @@ def test_the_size_cap_is_enforced(tmp_path, wdir, monkeypatch):
     monkeypatch.setattr(weights, "MAX_TOTAL_BYTES", first["bytes"] + 100)
     weights.export(ckpt, "a", wdir, task="superres", extra=EXTRA)  # replacing a file: counted once
     before = (wdir / "registry.json").read_text()
-    with pytest.raises(SystemExit, match=r"over the .*-byte cap"):
+    with pytest.raises(AstroganError, match=r"over the .*-byte cap"):
         weights.export(ckpt, "b", wdir, task="superres", extra=EXTRA)
     assert (wdir / "registry.json").read_text() == before
     assert sorted(p.name for p in wdir.iterdir()) == ["a.safetensors", "registry.json"]  # no temp left
@@ -169,14 +170,14 @@ def test_the_size_cap_is_enforced(tmp_path, wdir, monkeypatch):
 
 def test_export_refuses_incomplete_or_wrong_entries(tmp_path, wdir):
     ckpt, _ = checkpoint(tmp_path)
-    with pytest.raises(SystemExit, match="extra lacks command, data.credit"):
+    with pytest.raises(AstroganError, match="extra lacks command, data.credit"):
         weights.export(ckpt, "x", wdir, task="superres",
                        extra={**EXTRA, "command": "", "data": {"source": "s", "licence": "l"}})
-    with pytest.raises(SystemExit, match="a superres model, not colorize"):
+    with pytest.raises(AstroganError, match="a superres model, not colorize"):
         weights.export(ckpt, "x", wdir, task="colorize", extra=EXTRA)
-    with pytest.raises(SystemExit, match="extra may not set sha256"):
+    with pytest.raises(AstroganError, match="extra may not set sha256"):
         weights.export(ckpt, "x", wdir, task="superres", extra={**EXTRA, "sha256": "0"})
-    with pytest.raises(SystemExit, match="release name"):
+    with pytest.raises(AstroganError, match="release name"):
         weights.export(ckpt, "../x", wdir, task="superres", extra=EXTRA)
     assert not wdir.exists() or not any(wdir.iterdir())
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import atomic_path
 
 
@@ -60,21 +61,21 @@ def _discriminators() -> Mapping[str, type[nn.Module]]:
 def generator_class(arch: str) -> type[nn.Module]:
     table = _generators()
     if arch not in table:
-        raise SystemExit(f"unknown generator {arch!r}; known: {', '.join(table)}")
+        raise AstroganError(f"unknown generator {arch!r}; known: {', '.join(table)}")
     return table[arch]
 
 
 def discriminator_class(arch: str) -> type[nn.Module]:
     table = _discriminators()
     if arch not in table:
-        raise SystemExit(f"unknown discriminator {arch!r}; known: {', '.join(table)}")
+        raise AstroganError(f"unknown discriminator {arch!r}; known: {', '.join(table)}")
     return table[arch]
 
 
 def out_channels(color_space: str) -> int:
     """Generators predict a*b (2 channels) in Lab, or RGB (3 channels) in rgb."""
     if color_space not in ("lab", "rgb"):
-        raise SystemExit(f"unknown color_space {color_space!r}; use lab or rgb")
+        raise AstroganError(f"unknown color_space {color_space!r}; use lab or rgb")
     return 2 if color_space == "lab" else 3
 
 
@@ -94,11 +95,11 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu"
                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a generator from its checkpoint, in eval mode. Returns (model, metadata)."""
     if not os.path.isfile(path):
-        raise SystemExit(f"{path}: model checkpoint not found; run `dvc repro` to train it")
+        raise AstroganError(f"{path}: model checkpoint not found; run `dvc repro` to train it")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"{path}: not a readable checkpoint ({type(e).__name__}); retrain it") from None
+        raise AstroganError(f"{path}: not a readable checkpoint ({type(e).__name__}); retrain it") from None
     cls = generator_class(blob["arch"])
     kwargs = dict(blob["arch_kwargs"])
     if "encoder_weights" in kwargs:

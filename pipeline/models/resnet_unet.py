@@ -166,8 +166,9 @@ class ResNet18UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.input_multiple
-        assert h % m == 0 and w % m == 0, (
-            f"ResNet18UNet needs H and W divisible by {m}, got H={h}, W={w}; pad or crop the input")
+        if h % m or w % m:  # not an assert: `python -O` drops those
+            raise ValueError(f"ResNet18UNet needs H and W divisible by {m}, got H={h}, W={w}; "
+                             "pad or crop the input")
         if self.factor > 1:
             return upsample_to(self.body(F.avg_pool2d(x, self.factor)), (h, w))
         return self.body(x)

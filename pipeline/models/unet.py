@@ -73,8 +73,9 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.input_multiple
-        assert h % m == 0 and w % m == 0, (
-            f"UNet of depth {len(self.down)} needs H and W divisible by {m}, got H={h}, W={w}; pad or crop")
+        if h % m or w % m:
+            raise ValueError(f"UNet of depth {len(self.down)} needs H and W divisible by {m}, "
+                             f"got H={h}, W={w}; pad or crop")
         skips = []
         for layer in self.down:
             x = layer(x)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from pipeline.errors import AstroganError
+
 SOURCES: dict[str, str] = {
     "embedded": "pipeline.sources.embedded",
     "folder": "pipeline.sources.folder",
@@ -28,5 +30,5 @@ SOURCES: dict[str, str] = {
 
 def get_source(name: str) -> Callable:
     if name not in SOURCES:
-        raise SystemExit(f"unknown source {name!r} in scrape.sources; known: {', '.join(SOURCES)}")
+        raise AstroganError(f"unknown source {name!r} in scrape.sources; known: {', '.join(SOURCES)}")
     return importlib.import_module(SOURCES[name]).fetch

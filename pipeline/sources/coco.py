@@ -22,6 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.errors import AstroganError
+
 COCO_URL = "http://images.cocodataset.org/zips/val2017.zip"
 COCO_MD5 = "442b8da7639aecaf257c1dceb8ba8c80"
 CACHE_DIR = Path.home() / ".cache" / "astrogan" / "coco"
@@ -96,7 +98,7 @@ def local_photos(coco_dir: Path, count: int) -> list[Path]:
     """The first ``count`` images (sorted by name) of a local folder."""
     files = sorted(p for p in Path(coco_dir).iterdir() if p.suffix.lower() in PHOTO_EXTS)
     if not files:
-        raise SystemExit(f"natural.coco_dir {coco_dir}: no JPEG/PNG images there; fix the path")
+        raise AstroganError(f"natural.coco_dir {coco_dir}: no JPEG/PNG images there; fix the path")
     return files[:count]
 
 

@@ -179,11 +179,13 @@ def write_durable(out_dir: Path, name: str, data: bytes) -> Path:
 
 
 def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, *,
-                max_pixels: int, array: np.ndarray | None = None) -> dict:
+                max_pixels: int, array: np.ndarray | None = None, stamp: bool = True) -> dict:
     """Validate, maybe downscale, atomically write ``<id>.<ext>``, then append the manifest record.
 
     Give either the encoded file ``data`` (kept byte-for-byte when no downscale is needed) or a
     decoded ``array``. Returns the record written. Raises BadImage without writing anything.
+    ``stamp``: record ``fetched_at`` (a web download's provenance); local sources pass False, so
+    that rebuilding them gives the same bytes.
     """
     image_id = safe_name(image_id)
     origin = record.get("url") or image_id
@@ -216,7 +218,7 @@ def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, 
     row = {"id": image_id, "source": record.get("source"), "url": record.get("url"),
            "sha256": sha256_bytes(data), "width": small.width, "height": small.height,
            "title": record.get("title", ""), "credit": record.get("credit", "unknown"),
-           "licence": record.get("licence", "unknown"), "fetched_at": now_iso(),
+           "licence": record.get("licence", "unknown"), **({"fetched_at": now_iso()} if stamp else {}),
            "file": path.name}
     row.update({k: v for k, v in record.items() if k not in row})
     append_jsonl(out_dir / MANIFEST, row)

@@ -116,9 +116,10 @@ def ingest(out_dir: Path, items: list[Item], cfg: SourceConfig, tally: Tally) ->
         try:
             kind, payload = load()
             if kind == "array":
-                row = store_image(out_dir, image_id, None, rec, max_pixels=cfg.max_pixels, array=payload)
+                row = store_image(out_dir, image_id, None, rec, max_pixels=cfg.max_pixels, array=payload,
+                                  stamp=False)
             else:
-                row = store_image(out_dir, image_id, payload, rec, max_pixels=cfg.max_pixels)
+                row = store_image(out_dir, image_id, payload, rec, max_pixels=cfg.max_pixels, stamp=False)
         except (BadImage, OSError, ValueError) as e:
             tally.failed += 1
             record_failure(out_dir, image_id, rec.get("url", image_id), str(e))

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from pipeline.errors import AstroganError
 from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import SourceConfig
 from pipeline.sources.crawl import Candidate, Download, run_source, source_id
@@ -46,7 +47,7 @@ def fetch(out_dir: Path, cfg: SourceConfig) -> dict:
     client = make_client(cfg, HOSTS)
     mode = cfg.options.get("mode", "feed")
     if mode not in ("feed", "pages"):
-        raise SystemExit(f"params.yaml scrape.esahubble.mode: {mode!r}; use feed or pages")
+        raise AstroganError(f"params.yaml scrape.esahubble.mode: {mode!r}; use feed or pages")
     lister = _feed if mode == "feed" else _listing
     return run_source(out_dir, cfg, client, lambda c: lister(c, base, cfg))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, read_jsonl, safe_name
 from pipeline.sources.common import BadImage, SourceConfig
 from pipeline.sources.embedded import Item, Tally, ingest, reset_dir
@@ -111,15 +112,15 @@ def fetch(out_dir: Path, cfg: SourceConfig, *, fresh: bool = True) -> dict:
     src = str(cfg.options.get("path") or "").strip()
     if not src or not Path(src).is_dir():
         what = "is empty" if not src else f"is {src!r}, which is not a folder"
-        raise SystemExit(f"scrape.folder.path {what}: set scrape.folder.path in params.yaml to a "
-                         "folder of JPEG/PNG/TIFF/FITS images")
+        raise AstroganError(f"scrape.folder.path {what}: set scrape.folder.path in params.yaml to a "
+                            "folder of JPEG/PNG/TIFF/FITS images")
     root = Path(src).resolve()
     out = out_dir.resolve()
     if root == out or root in out.parents or out in root.parents:
-        raise SystemExit(f"scrape.folder.path {src} overlaps the output {out_dir}; point it elsewhere")
+        raise AstroganError(f"scrape.folder.path {src} overlaps the output {out_dir}; point it elsewhere")
     items = folder_items(root)
     if not items:
-        raise SystemExit(f"{src}: no JPEG/PNG/TIFF/FITS images found; check scrape.folder.path")
+        raise AstroganError(f"{src}: no JPEG/PNG/TIFF/FITS images found; check scrape.folder.path")
     if fresh:
         reset_dir(out_dir)
     if cfg.limit > 0:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from bs4 import BeautifulSoup
 
+from pipeline.errors import AstroganError
 from pipeline.sources import hubblesite
 from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import SourceConfig
@@ -56,7 +57,7 @@ def fetch(out_dir: Path, cfg: SourceConfig) -> dict:
     current = opts.get("current_url", "https://hubblesite.org").rstrip("/")
     layout = opts.get("layout", "auto")
     if layout not in ("auto", "legacy", "current"):
-        raise SystemExit(f"params.yaml scrape.heritage.layout: {layout!r}; use auto, legacy or current")
+        raise AstroganError(f"params.yaml scrape.heritage.layout: {layout!r}; use auto, legacy or current")
     client = make_client(cfg, HOSTS, current)
     return run_source(out_dir, cfg, client, lambda c: _releases(c, base, current, layout, cfg))
 

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, append_jsonl, sha256_bytes
 from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import BadImage, SourceConfig, now_iso, write_durable
@@ -48,7 +49,7 @@ def fetch(out_dir: Path, cfg: SourceConfig) -> dict:
     resolver = opts.get("resolver_url", RESOLVER)
     targets = opts.get("targets") or []
     if not targets:
-        raise SystemExit("params.yaml scrape.hla.targets is empty; list targets such as [M101]")
+        raise AstroganError("params.yaml scrape.hla.targets is empty; list targets such as [M101]")
     client = make_client(cfg, HOSTS, resolver)
     return run_source(out_dir, cfg, client, lambda c: _visits(c, base, resolver, targets, cfg))
 

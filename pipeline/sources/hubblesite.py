@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from pipeline.errors import AstroganError
 from pipeline.sources.client import FetchError, PoliteClient, make_client
 from pipeline.sources.common import SourceConfig
 from pipeline.sources.crawl import Candidate, Download, run_source, source_id
@@ -54,7 +55,7 @@ def fetch(out_dir: Path, cfg: SourceConfig) -> dict:
     base = cfg.options.get("base_url", "https://hubblesite.org").rstrip("/")
     mode = cfg.options.get("mode", "pages")
     if mode not in ("pages", "api"):
-        raise SystemExit(f"params.yaml scrape.hubblesite.mode: {mode!r}; use pages or api")
+        raise AstroganError(f"params.yaml scrape.hubblesite.mode: {mode!r}; use pages or api")
     client = make_client(cfg, HOSTS)
     lister = _listing if mode == "pages" else _api_images
     return run_source(out_dir, cfg, client, lambda c: lister(c, base, cfg))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import (
     MANIFEST,
     read_jsonl,
@@ -60,7 +61,7 @@ def vendor(src: Path, out: Path, count: int, size: tuple[int, int]) -> list[dict
     by_name = {Path(r["file"]).stem: r for r in read_jsonl(src / MANIFEST)}
     missing = [n for n in SELECTION[:count] if n not in by_name]
     if missing:
-        raise SystemExit(f"{src / MANIFEST}: no record for {', '.join(missing)}; is --src esahubble-381?")
+        raise AstroganError(f"{src / MANIFEST}: no record for {', '.join(missing)}; is --src esahubble-381?")
     rows = []
     for name in SELECTION[:count]:
         rec = by_name[name]
@@ -100,4 +101,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.params import load_params
 from pipeline.sources.common import glob_escape
@@ -128,7 +129,7 @@ def load_records(raw: Path, sources: list[str]) -> list[dict]:
     for s in sources:
         manifest = raw / s / MANIFEST
         if not manifest.is_file():
-            raise SystemExit(f"{manifest}: missing; run `dvc repro scrape@{s}` first")
+            raise AstroganError(f"{manifest}: missing; run `dvc repro scrape@{s}` first")
         for r in read_jsonl(manifest):
             if r.get("kind") == "fits":
                 continue  # the HLA's raw FITS kept beside its colour preview: not for tiling
@@ -147,7 +148,7 @@ def run(raw: Path, sources: list[str], hash_size: int, max_distance: int) -> tup
                    file=sys.stderr)
     good = [(r, h) for r, h in zip(records, hashes, strict=True) if not isinstance(h, str)]
     if not good:
-        raise SystemExit(f"dedup: no readable images under {raw} for sources {sources}")
+        raise AstroganError(f"dedup: no readable images under {raw} for sources {sources}")
     kept, dropped = dedup([r for r, _ in good], np.stack([h for _, h in good]), max_distance)
     dropped += [{"id": r["id"], "path": r["path"], "duplicate_of": None, "distance": None,
                  "reason": f"unreadable: {err}"} for r, err in bad]
@@ -169,4 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

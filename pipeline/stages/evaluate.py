@@ -6,7 +6,8 @@ the grey baseline and each pre-trained / fine-tuned generator, and writes
 ``fid_reason`` when it cannot be estimated), and ``figures/colorization_grid.png`` (the
 ``report`` stage renders them into ``report.md``).
 With ``evaluate.strengths``, each model's a*b scale (``astrogan colorize --strength``) is chosen on
-the packed val colour tiles (lowest a*b L1) and the model is scored on test at that scale too
+the packed val colour tiles (lowest a*b L1 among the strengths that do no harm on faint images:
+``evaluate.no_harm_faint``, ``colorizer.choose_strength``) and the model is scored on test at that scale too
 (``<name>.<stage>_val_strength``: strength, val a*b L1 per strength, the test metrics).
 ``bounds``: how far colour can come from grey on these tiles (``pipeline.colour_bounds``: a
 luminance lookup from the train split, retrieval, and oracles, each against grey).
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from pipeline import colour_bounds, fid, guided_eval
 from pipeline.colorizer import choose_strength, colorize_batch, grey_baseline, is_guided, scale_ab, spread
 from pipeline.data import load_tiles, read_packed, read_split
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_csv_atomic, write_json_atomic
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles, round_sig
 from pipeline.models import load_generator
@@ -48,12 +50,14 @@ class EvalConfig:
     fid_dims: int = 2048
     strengths: tuple[float, ...] = ()   # a*b scales tried on the val tiles ("--strength" chosen there)
     val_max_tiles: int = 256            # at most this many val tiles (evenly spread) choose it
+    faint: float = 0.2                  # no harm: the strength must not lose to grey on truth a*b * faint
 
     @classmethod
     def from_params(cls, params: dict) -> EvalConfig:
         e = params["evaluate"]
         return cls(int(e["batch_size"]), int(e["grid_samples"]), int(e["fid_dims"]),
-                   tuple(float(v) for v in e.get("strengths") or ()), int(e.get("val_max_tiles", 256)))
+                   tuple(float(v) for v in e.get("strengths") or ()), int(e.get("val_max_tiles", 256)),
+                   float(e.get("no_harm_faint", 0.0)))
 
 
 def colour_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -70,7 +74,7 @@ def load_predictors(params: dict, device: torch.device) -> dict[Key, Callable]:
     lists = {"pretrained": params["colorize"]["pretrain"], "finetuned": params["colorize"]["finetune"]}
     for name in dict.fromkeys([*lists["pretrained"], *lists["finetuned"]]):
         if name in TOP_LEVEL:
-            raise SystemExit(f"params.yaml: model name {name!r} clashes with a metrics key; rename it")
+            raise AstroganError(f"params.yaml: model name {name!r} clashes with a metrics key; rename it")
         for stage in (s for s in STAGES if name in lists[s]):
             model, meta = load_generator(root / name / f"{stage}.pt", device)
             preds[(name, stage)] = functools.partial(colorize_batch, model, color_space=meta["color_space"])
@@ -115,22 +119,31 @@ def score(tiles: torch.Tensor, predictors: dict[Key, Callable], cfg: EvalConfig,
     return results, {k: torch.cat(v) for k, v in grid.items()}, float(torch.cat(truth_colour).mean())
 
 
-def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device: torch.device) -> dict:
-    """Guided colour (``pipeline.guided_eval``) of each guided model and phase, keyed "name (phase)"."""
+def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device: torch.device,
+                 strengths: dict | None = None) -> dict:
+    """Guided colour (``pipeline.guided_eval``) of each guided model and phase, keyed "name (phase)";
+    with no guided model in the run, the non-learned baselines alone, keyed "baselines". ``strengths``:
+    (name, phase) -> the val-chosen strength that the no-hint path is scored at."""
     e, lists = params["evaluate"], {"pretrained": params["colorize"]["pretrain"],
                                     "finetuned": params["colorize"]["finetune"]}
     root, out = Path(params["paths"]["colorize_models"]), {}
+    counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
+
+    def run(model, what: str, strength: float = 1.0) -> dict:
+        with tqdm(total=len(tiles), desc=f"guided {what}", unit="tile") as bar:
+            return guided_eval.score(model, tiles, image_ids, counts=counts, seed=int(params["seed"]),
+                                     patch=int(e.get("guided_patch", 3)), auto_strength=strength,
+                                     device=device, progress=bar.update)
+
     for stage, names in lists.items():
         for name in names:
             if not is_guided(params["colorize"]["zoo"][name]):
                 continue
             model, _ = load_generator(root / name / f"{stage}.pt", device)
-            with tqdm(total=len(tiles), desc=f"guided {name} {stage}", unit="tile") as bar:
-                counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
-                out[f"{name} ({stage})"] = guided_eval.score(
-                    model, tiles, image_ids, counts=counts,
-                    seed=int(params["seed"]), patch=int(e.get("guided_patch", 3)), device=device,
-                    progress=bar.update)
+            chosen = (strengths or {}).get((name, stage), 1.0)
+            out[f"{name} ({stage})"] = run(model, f"{name} {stage}", chosen)
+    if not out:
+        out["baselines"] = run(None, "baselines")
     return out
 
 
@@ -138,9 +151,10 @@ def write_guided_plot(metrics_dir: Path, guided: dict) -> None:
     """``plots/guided.csv``: a*b* L1 against the number of points, per guided model, with the nearest-
     hint baseline and grey (``dvc plots`` draws it)."""
     first = next(iter(guided.values()))["points"]
+    models = [key for key, r in guided.items() if "model" in r["points"][next(iter(first))]]
     rows = [{"points": int(n), "grey": first[n]["grey"], "nearest_hint": first[n]["nearest"],
-             **{key: r["points"][n]["model"] for key, r in guided.items()}} for n in first]
-    write_csv_atomic(metrics_dir / "plots" / "guided.csv", rows, ["points", "grey", "nearest_hint", *guided])
+             **{key: guided[key]["points"][n]["model"] for key in models}} for n in first]
+    write_csv_atomic(metrics_dir / "plots" / "guided.csv", rows, ["points", "grey", "nearest_hint", *models])
 
 
 def main() -> None:
@@ -151,8 +165,8 @@ def main() -> None:
     cfg, paths, device = EvalConfig.from_params(params), params["paths"], resolve_device(params["device"])
     rows, skipped = colour_rows(read_split(paths["split"], "test"))
     if not rows:
-        raise SystemExit(f"{paths['split']}/test.csv: no colour test tiles ({skipped} grey skipped); "
-                         "add images or raise split.test_fraction")
+        raise AstroganError(f"{paths['split']}/test.csv: no colour test tiles ({skipped} grey skipped); "
+                            "add images or raise split.test_fraction")
     print(f"evaluate: {len(rows)} test tiles, {skipped} grey tiles skipped, device {device}")
     tiles = load_tiles(paths["tiles"], [r["tile_id"] for r in rows])
     predictors = load_predictors(params, device)
@@ -160,7 +174,7 @@ def main() -> None:
     val, _ = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
     val = spread(val, cfg.val_max_tiles)
     for key in [k for k in predictors if k != GREY and len(val)]:
-        chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device)
+        chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device, cfg.faint)
         derived[(key[0], f"{key[1]}_val_strength")] = (key, chosen[key][0])
     inception, reason = fid.fid_model(len(rows), cfg.fid_dims, device)
     results, grid, truth_colour = score(tiles, predictors, cfg, device, inception, derived)
@@ -176,7 +190,8 @@ def main() -> None:
             metrics.setdefault(name, {})[stage] = m
     if paths.get("packed"):
         metrics["bounds"] = colour_bounds.bounds(Path(paths["packed"]), "test")
-    guided = score_guided(params, tiles, [r["image_id"] for r in rows], device)
+    guided = score_guided(params, tiles, [r["image_id"] for r in rows], device,
+                          {key: value[0] for key, value in chosen.items()})
     if guided:
         metrics["guided"] = guided
         write_guided_plot(out_dir := Path(paths["metrics"]), guided)
@@ -194,4 +209,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ import torch
 
 from pipeline import colorizer, distributed
 from pipeline.data import load_colour_tiles, siblings_of
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     pretrained = Path(paths["colorize_models"]) / name / "pretrained.pt"
     G, meta = load_generator(pretrained)
     if (meta["arch"], meta["color_space"]) != (entry["generator"], entry["color_space"]):
-        raise SystemExit(f"{pretrained}: is a {meta['arch']}/{meta['color_space']} model but colorize.zoo."
-                         f"{name} asks for {entry['generator']}/{entry['color_space']}; rerun pretrain")
+        raise AstroganError(f"{pretrained}: is a {meta['arch']}/{meta['color_space']} model but colorize.zoo."
+                            f"{name} asks for {entry['generator']}/{entry['color_space']}; rerun pretrain")
     data["pretrained_sha256"] = sha256_file(pretrained)
     seed_everything(cfg.seed)
     d_arch = entry["discriminator"]
@@ -93,4 +94,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

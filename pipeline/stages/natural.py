@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, safe_name, sha256_file, write_jsonl_atomic
 from pipeline.params import load_params
 from pipeline.sources.common import BadImage, decode_image
@@ -69,12 +70,12 @@ def folder_photos(folder: str, count: int) -> Iterator[tuple[str, dict, Image.Im
     root = Path(folder) if folder else None
     if root is None or not root.is_dir():
         what = "is empty" if root is None else f"is {folder!r}, which is not a folder"
-        raise SystemExit(f"natural.folder {what}: set natural.folder in params.yaml to a folder of "
-                         "colour JPEG/PNG/TIFF photos, or drop folder from natural.source")
+        raise AstroganError(f"natural.folder {what}: set natural.folder in params.yaml to a folder of "
+                            "colour JPEG/PNG/TIFF photos, or drop folder from natural.source")
     items = [(i, rec, load) for i, rec, load in folder_items(root.resolve())
              if not is_fits(Path(rec["original_file"]))]          # FITS are one filter: grey
     if not items:
-        raise SystemExit(f"natural.folder {folder}: no JPEG/PNG/TIFF photos there; fix the path")
+        raise AstroganError(f"natural.folder {folder}: no JPEG/PNG/TIFF photos there; fix the path")
     taken = grey = 0
     for image_id, rec, load in items:
         if taken >= count:
@@ -115,7 +116,7 @@ def build(out_dir: Path, photos, size: int) -> list[dict]:
                          "height": small.height, "file": path.name,  # no timestamp: same photos, same bytes
                          "resized_from": [im.width, im.height]})
         if not rows:
-            raise SystemExit("natural: no photos produced; check natural.source and natural.count")
+            raise AstroganError("natural: no photos produced; check natural.source and natural.count")
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
@@ -135,8 +136,8 @@ def sources_of(n: dict) -> list[str]:
     """``natural.source`` (one name or a list) as a list of known names, in order, once each."""
     sources = [n["source"]] if isinstance(n["source"], str) else list(n["source"] or [])
     if not sources or any(s not in SOURCES for s in sources):
-        raise SystemExit(f"natural.source {n['source']!r}: use one or more of {', '.join(SOURCES)} "
-                         "in params.yaml")
+        raise AstroganError(f"natural.source {n['source']!r}: use one or more of {', '.join(SOURCES)} "
+                            "in params.yaml")
     return list(dict.fromkeys(sources))
 
 
@@ -163,14 +164,14 @@ def main() -> None:
             download()  # fail (offline) before any photo is written
         rows = build(out, photos_of(sources, n), int(n["size"]))
     except CocoError as e:
-        raise SystemExit(f"COCO download failed ({e}); set natural.coco_dir to a local COCO "
-                         "folder or drop coco from natural.source") from None
+        raise AstroganError(f"COCO download failed ({e}); set natural.coco_dir to a local COCO "
+                            "folder or drop coco from natural.source") from None
     except BadImage as e:
-        raise SystemExit(f"natural: {e}; remove it (the previous photos are kept)") from None
+        raise AstroganError(f"natural: {e}; remove it (the previous photos are kept)") from None
     sizes = np.array([[r["width"], r["height"]] for r in rows])
     print(f"natural: {len(rows)} photos ({', '.join(sources)}) into {out}, short side {sizes.min()} px, "
           f"{sum(r['width'] * r['height'] for r in rows) / 1e6:.1f} Mpx")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data import PACKED_COLUMNS, load_rgb, packed_paths, read_split
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_csv_atomic, write_json_atomic
 from pipeline.params import load_params
 
@@ -40,10 +41,10 @@ def pack_split(tiles_dir: Path, rows: list[dict], npy: Path, side: int) -> None:
         try:
             rgb = load_rgb(path)
         except OSError as e:
-            raise SystemExit(f"{path}: unreadable tile ({e}); rerun `dvc repro tile`") from None
+            raise AstroganError(f"{path}: unreadable tile ({e}); rerun `dvc repro tile`") from None
         if rgb.shape[:2] != (side, side):
-            raise SystemExit(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, not {side}x{side} like the others; "
-                             "rerun `dvc repro tile`")
+            raise AstroganError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, not {side}x{side} like the others; "
+                                "rerun `dvc repro tile`")
         out[i] = rgb.transpose(2, 0, 1)
 
     try:
@@ -82,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline import colorizer, distributed
 from pipeline.data import images_sha256, load_colour_tiles, load_rgb, siblings_of
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
@@ -40,20 +41,20 @@ def load_photos(natural_dir: Path, crop: int) -> tuple[list[torch.Tensor], Path]
     """Every photo of the manifest as a uint8 tensor (3, H, W); returns (photos, manifest path)."""
     manifest = natural_dir / MANIFEST
     if not manifest.is_file():
-        raise SystemExit(f"{manifest}: missing; run `dvc repro natural` first")
+        raise AstroganError(f"{manifest}: missing; run `dvc repro natural` first")
     records = read_jsonl(manifest)
     if not records:
-        raise SystemExit(f"{manifest}: lists no photos; rerun `dvc repro natural` (see params natural.*)")
+        raise AstroganError(f"{manifest}: lists no photos; rerun `dvc repro natural` (see params natural.*)")
     photos = []
     for rec in tqdm(records, desc="loading photos"):
         path = natural_dir / rec["file"]
         try:
             rgb = load_rgb(path)
         except OSError as e:
-            raise SystemExit(f"{path}: cannot read photo ({e}); rerun `dvc repro natural`") from None
+            raise AstroganError(f"{path}: cannot read photo ({e}); rerun `dvc repro natural`") from None
         if min(rgb.shape[:2]) < crop:
-            raise SystemExit(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {crop} px crop; "
-                             "lower pretrain.crop or raise natural.size")
+            raise AstroganError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {crop} px crop; "
+                                "lower pretrain.crop or raise natural.size")
         photos.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))  # a writable copy
     return photos, manifest
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     section = {**params[PHASE], **(entry.get(PHASE) or {})}
     source, mono = str(section.get("data", "natural")), float(section.get("mono", 0.0))
     if source not in ("natural", "astro", "both"):
-        raise SystemExit(f"params.yaml: {PHASE}.data={source!r}; use natural, astro or both")
+        raise AstroganError(f"params.yaml: {PHASE}.data={source!r}; use natural, astro or both")
     images, data = [], {"source": source, "mono": mono}
     if source in ("natural", "both"):
         photos, manifest = load_photos(Path(paths["natural"]), cfg.crop)
@@ -115,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

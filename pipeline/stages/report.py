@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_json_atomic, write_text_atomic
 from pipeline.params import load_params
-from pipeline.report import render_report, render_superres_report, summary
+from pipeline.report import render_report, render_superres_report, save_guided_plot, summary
 
 
 def read_metrics(path: Path) -> dict:
     if not path.is_file():
-        raise SystemExit(f"{path}: missing; run `dvc repro` (the evaluate stages write it)")
+        raise AstroganError(f"{path}: missing; run `dvc repro` (the evaluate stages write it)")
     return json.loads(path.read_text())
 
 
@@ -33,8 +34,10 @@ def main() -> None:
     data = {"images": dedup.get("images_kept"), "tiles": tile.get("tiles_kept"),
             "test_tiles": colorization.get("test_tiles")}
     write_json_atomic(out / "summary.json", summary(colorization, superres, data))
+    if colorization.get("guided"):
+        save_guided_plot(out / "figures" / "guided.png", colorization["guided"])
     print(f"report: wrote {out / 'report.md'}, {out / 'summary.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

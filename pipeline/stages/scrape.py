@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.errors import run_main
 from pipeline.params import load_params
 from pipeline.sources import SOURCES, get_source
 from pipeline.sources.common import SourceConfig
@@ -41,4 +42,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.data import choose_test_images, image_hash
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import read_csv, write_csv_atomic
 from pipeline.params import load_params
 
@@ -33,7 +34,7 @@ def choose_val_images(image_ids: set[str], test: set[str], test_fraction: float,
     at least one image stays in train."""
     val = {i for i in image_ids - test if test_fraction <= image_hash(i) < test_fraction + val_fraction}
     if val and val == image_ids - test:
-        raise SystemExit(f"split: split.val_fraction {val_fraction} leaves no train image; lower it")
+        raise AstroganError(f"split: split.val_fraction {val_fraction} leaves no train image; lower it")
     return val
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     paths = params["paths"]
     tiles_csv = Path(paths["tiles"]) / "tiles.csv"
     if not tiles_csv.is_file():
-        raise SystemExit(f"{tiles_csv}: missing; run `dvc repro tile` first")
+        raise AstroganError(f"{tiles_csv}: missing; run `dvc repro tile` first")
     rows = read_csv(tiles_csv)
     fields = list(rows[0]) if rows else ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
     sp = params["split"]
@@ -66,7 +67,11 @@ def main() -> None:
         write_csv_atomic(out / f"{name}.csv", part, fields)
     print("split: " + ", ".join(f"{name} {len(part)} tiles of {count_images(part)} images"
                                 for name, part in parts.items()))
+    if not parts["val"] and float(sp.get("val_fraction", 0.0)) > 0:
+        print(f"split: warning: no image's hash fell in the val range ({count_images(rows)} images, "
+              f"split.val_fraction {sp['val_fraction']}): finetune runs without validation and keeps its "
+              "last step; add images or raise split.val_fraction")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

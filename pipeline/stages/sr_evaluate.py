@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pipeline import fid, superres
 from pipeline.data import load_tiles, read_split
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_json_atomic
 from pipeline.metrics import mean_over_tiles, round_sig
 from pipeline.models import load_generator
@@ -53,11 +54,12 @@ def load_predictors(params: dict, scale: int, device: torch.device) -> dict[Key,
     root = Path(params["paths"]["superres_models"])
     for name in params["superres"]["models"]:
         if name in (*SR_TOP_LEVEL, *SR_BASELINES):
-            raise SystemExit(f"params.yaml: SR model name {name!r} clashes with a metrics key; rename it")
+            raise AstroganError(f"params.yaml: SR model name {name!r} clashes with a metrics key; rename it")
         for stage in STAGES:
             model, meta = load_generator(root / name / f"{stage}.pt", device)
             if meta.get("card", {}).get("task") != "superres" or meta["card"].get("scale") != scale:
-                raise SystemExit(f"{root / name / stage}.pt: not a x{scale} SR checkpoint; rerun sr_pretrain")
+                raise AstroganError(f"{root / name / stage}.pt: not a x{scale} SR checkpoint; rerun "
+                                    "sr_pretrain")
             preds[(name, stage)] = functools.partial(superres.upscale, model)
     return preds
 
@@ -111,12 +113,13 @@ def main() -> None:
     deg = superres.Degradation.from_params(params)
     rows = sorted(read_split(paths["split"], "test"), key=lambda r: r["tile_id"])
     if not rows:
-        raise SystemExit(f"{paths['split']}/test.csv: no test tiles; add images or raise split.test_fraction")
+        raise AstroganError(f"{paths['split']}/test.csv: no test tiles; add images or raise "
+                            "split.test_fraction")
     print(f"sr_evaluate: {len(rows)} test tiles, x{deg.scale}, device {device}")
     tiles = load_tiles(paths["tiles"], [r["tile_id"] for r in rows])
     if tiles.shape[-1] % deg.scale or tiles.shape[-2] % deg.scale or min(tiles.shape[-2:]) < cfg.zoom:
-        raise SystemExit(f"{paths['tiles']}: {tiles.shape[-1]} px tiles must be a multiple of the scale "
-                         f"{deg.scale} and >= sr_evaluate.zoom {cfg.zoom}")
+        raise AstroganError(f"{paths['tiles']}: {tiles.shape[-1]} px tiles must be a multiple of the scale "
+                            f"{deg.scale} and >= sr_evaluate.zoom {cfg.zoom}")
     predictors = load_predictors(params, deg.scale, device)
     inception, reason = fid.fid_model(len(rows), cfg.fid_dims, device)
     results, panels = score(tiles, predictors, deg, int(params["seed"]), cfg, device, inception)
@@ -140,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

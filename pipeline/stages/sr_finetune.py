@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import distributed, superres
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     G, meta = load_generator(pretrained)
     want = (entry["generator"], superres.generator_kwargs(params, name))
     if (meta["arch"], meta["arch_kwargs"]) != want:
-        raise SystemExit(f"{pretrained}: is {meta['arch']} {meta['arch_kwargs']} but superres.zoo.{name} "
-                         f"asks for {want[0]} {want[1]}; rerun sr_pretrain")
+        raise AstroganError(f"{pretrained}: is {meta['arch']} {meta['arch_kwargs']} but superres.zoo.{name} "
+                            f"asks for {want[0]} {want[1]}; rerun sr_pretrain")
     data["pretrained_sha256"] = sha256_file(pretrained)
     seed_everything(cfg.seed)
     d_arch, d_kwargs = entry["discriminator"], dict(entry.get("discriminator_kwargs", {}))
@@ -83,4 +84,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import distributed, superres
+from pipeline.errors import run_main
 from pipeline.models import generator_class
 from pipeline.params import load_params, params_hash, seed_everything
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

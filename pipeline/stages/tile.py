@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data import load_rgb
+from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, write_csv_atomic, write_json_atomic
 from pipeline.params import load_params
 from pipeline.tileset import FIELDS, TileConfig, is_grey, scored_tiles
@@ -84,7 +85,7 @@ def main() -> None:
     manifest = Path(paths["unique"]) / MANIFEST
     records = read_jsonl(manifest)
     if not records:
-        raise SystemExit(f"{manifest}: missing or empty; run `dvc repro dedup` first")
+        raise AstroganError(f"{manifest}: missing or empty; run `dvc repro dedup` first")
     out = Path(paths["tiles"])
     res = tile_all(records, out, cfg)
     write_csv_atomic(out / "tiles.csv", res["rows"], FIELDS)
@@ -95,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
