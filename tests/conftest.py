@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +75,15 @@ def pack_project(root, side: int | None = None) -> None:
         with Image.open(next(tiles.glob("*.png"))) as im:
             side = im.size[0]
     pack.pack_all(tiles, split, root / paths.get("packed", "data/packed"), side)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache whose downloads fail as they do without network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch" / "hub" / "checkpoints"

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # trains seven models for a few steps each
 def test_train_throughput_quick_writes_every_model(tmp_path):
     out = tmp_path / "tt.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--quick", "--packed",

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import shutil
-import urllib.error
 
 import pytest
 import torch
@@ -26,18 +25,6 @@ from tests.test_train import PARAMS, _crash_after, _fixed_batch, _read_csv, writ
 
 RESNET50_FILE = "resnet50-11ad3fa6.pth"  # the name torchvision's ResNet50 IMAGENET1K_V2 caches under
 CPU_FP32 = train_mod.autocast_for(torch.device("cpu"), "fp32")
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache whose downloads fail as they do without network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 # --- models -----------------------------------------------------------------------------------------

@@ -97,8 +97,8 @@ def test_two_process_checkpoint_and_card(runs):
     # Adam moves each weight by at most ~lr per step, so rounding can at worst flip that many steps:
     bound = 2 * SR_PARAMS["lr"] * 12
     assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < bound
-    assert not (runs["two"] / ".resume/superres/ed").exists() or not any((runs["two"] / ".resume/superres/ed")
-                                                                          .iterdir())
+    resume = runs["two"] / ".resume/superres/ed"  # resume states are gone; timing logs stay
+    assert not resume.exists() or not list(resume.glob("*.pt"))
 
 
 def _children(pid: int) -> list[int]:

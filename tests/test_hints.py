@@ -200,3 +200,24 @@ def test_guided_entry_trains_through_both_stages_and_evaluates(tmp_path, monkeyp
     assert set(r["points"]) == {"0", "5"} and r["reference"]["tiles"] == 2
     assert r["points"]["0"]["nearest"] == r["points"]["0"]["grey"]
     assert r["points"]["5"]["nearest"] < r["points"]["5"]["grey"]
+
+
+def test_strength_choice_does_no_harm_on_faint_images():
+    """A predictor with the right hue but too much colour: the best strength on the truth would be 1,
+    but on the truth's colour scaled to a fifth it loses to grey, so a small strength is chosen."""
+    from pipeline.colorizer import choose_strength
+
+    rgb = torch.zeros(4, 3, 16, 16)
+    rgb[:, 0], rgb[:, 1], rgb[:, 2] = 0.6, 0.4, 0.4          # a reddish truth, a* > 0
+    lab = color.rgb_to_lab(rgb)
+    val = (rgb * 255).round().to(torch.uint8)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:           # the truth's L with its a*b* doubled
+        out = color.rgb_to_lab(x)
+        out[:, 1:] = lab[: len(x), 1:] * 2.0
+        return color.lab_to_rgb(out)
+
+    free, per = choose_strength(predict, val, (0.0, 0.1, 0.25, 0.5, 1.0), 2, torch.device("cpu"))
+    assert free == 0.5 and per["0.5"] < per["0"]
+    safe, _ = choose_strength(predict, val, (0.0, 0.1, 0.25, 0.5, 1.0), 2, torch.device("cpu"), faint=0.2)
+    assert safe == 0.1  # 2 * 0.1 = 0.2 of the truth: exactly the faint image's colour

@@ -1,6 +1,5 @@
 """Generator and discriminator shapes/ranges, the ImageNet weights path (offline), checkpoints."""
 
-import urllib.error
 
 import pytest
 import torch
@@ -10,18 +9,6 @@ from pipeline.models.patchgan import PatchGAN
 from pipeline.models.resnet_unet import ResNet18UNet
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's IMAGENET1K_V1 caches under
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache whose downloads fail as they do without network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 @pytest.mark.parametrize("space", ["lab", "rgb"])
