@@ -193,3 +193,23 @@ def _png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_serve_benchmark_quick_runs_end_to_end(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.servekit import ROOT
+
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["clicks"]["clicks"] == len(res["clicks"]["all_ms"]) == 3
+    assert res["load"]["all_correct"] and res["load"]["correct"] == res["load"]["concurrent_requests"] == 4
+    assert res["load"]["server_after_load"]["peak_rss_mb"] >= res["server_at_start"]["rss_mb"] > 0
+    assert len(res["machine"]["load_average_before"]) == 3
