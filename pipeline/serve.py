@@ -59,7 +59,7 @@ class Config:
     host: str = "127.0.0.1"
     max_pixels: int = 100_000_000
     max_upload: int = 200 * 2**20
-    max_sessions: int = 16
+    max_sessions: int = 32
     max_bytes: int = 2 * 2**30
     display_side: int = 512
     model_side: int = 256
@@ -190,7 +190,7 @@ async def config(request: web.Request) -> web.Response:
     srv: Server = request.app["server"]
     guided = takes_hints(srv.colorizer.model)
     note = None if guided else (f"This model ({srv.lines['colorize_name']}) takes no colour hints: the page "
-                                "shows its automatic colour; start with a guided model to place hints.")
+                                "shows its automatic colour; give `astrogan serve` a guided --colorize-model to place hints.")
     return web.json_response({
         "folder": srv.root.name if srv.root else None, "stretches": list(STRETCHES),
         "max_upload_bytes": srv.cfg.max_upload, "max_pixels": srv.cfg.max_pixels,
