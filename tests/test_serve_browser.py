@@ -156,11 +156,14 @@ def test_click_two_hints_download_and_upscale(browser, served):
     for hint, window in zip(hints, _pixels(driver, hints), strict=True):
         got = np.median(ab_of(np.array(window)), axis=0)
         assert np.abs(got - ab_of(hex_rgb(hint["color"]))).max() < 6, (hint, got)
+    _drag_second_hint(driver)
+    hints = driver.execute_script("return state.hints")
     png = _job(driver, srv, "download-colour", "colorize")
     assert png_info(png) == (160, 120, 16, 2)  # full resolution, 16-bit RGB for the 16-bit input
     (tmp / "download.png").write_bytes(png)
     meta = read_meta(tmp / "download.png")
-    assert [p[2] for p in meta["hints"]["points"]] == list(COLOURS) and len(meta["model_sha256"]) == 64
+    assert meta["hints"]["points"] == [[h["x"], h["y"], h["color"], 1] for h in hints]
+    assert len(meta["model_sha256"]) == 64 and meta["strength"] == 1
     driver.find_element("id", "mode-upscale").click()
     png = _job(driver, srv, "run-upscale", "upscale")
     assert png_info(png)[:2] == (640, 480)
@@ -168,6 +171,21 @@ def test_click_two_hints_download_and_upscale(browser, served):
     shot = os.environ.get("ASTROGAN_SCREENSHOT")
     if shot:
         _screenshot(driver, srv, ROOT / shot)
+
+
+def _drag_second_hint(driver) -> None:
+    """Drag the second marker 20 px left and up: the hint moves and the preview follows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    before = driver.execute_script("return state.hints[1]")
+    version = _version(driver)
+    marker = driver.find_elements("css selector", ".marker")[1]
+    drag = ActionChains(driver).click_and_hold(marker).move_by_offset(-10, -10).move_by_offset(-10, -10)
+    drag.release().perform()
+    _preview_after(driver, version)
+    after = driver.execute_script("return state.hints[1]")
+    assert after["x"] < before["x"] and after["y"] < before["y"] and after["color"] == before["color"]
+    assert len(driver.find_elements("css selector", ".marker")) == 2
 
 
 def _screenshot(driver, srv, dst: Path) -> None:
@@ -225,3 +243,36 @@ def test_bad_inputs_and_path_traversal_show_the_page_error(browser, served):
     version = _version(driver)
     driver.find_element("id", "file").send_keys(str(tmp / "small.png"))
     _preview_after(driver, version)
+
+
+def test_tabs_strength_and_removing_hints(browser, served):
+    srv, tmp = served
+    driver = browser
+    _upload(driver, srv, grey16(tmp / "first.png", 60, 80))
+    first = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    _upload(driver, srv, grey16(tmp / "second.png", 40, 50))
+    version = _version(driver)
+    _click(driver, 0.5, 0.5, COLOURS[1])
+    _preview_after(driver, version)
+    driver.switch_to.window(first)  # the first tab's image is still open on the server
+    version = _version(driver)
+    _click(driver, 0.3, 0.3, COLOURS[0])
+    _preview_after(driver, version)
+    assert "80×60" in driver.find_element("id", "image-info").text
+    grey_level = ("const img = document.getElementById('after'), c = document.createElement('canvas');"
+                  "c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d');"
+                  "x.drawImage(img, 0, 0); const d = x.getImageData(0, 0, c.width, c.height).data; let m = 0;"
+                  "for (let i = 0; i < d.length; i += 4) m = Math.max(m, Math.abs(d[i] - d[i + 1]),"
+                  " Math.abs(d[i + 2] - d[i + 1])); return m;")
+    assert driver.execute_script(grey_level) > 20  # coloured
+    version = _version(driver)
+    driver.execute_script("const s = document.getElementById('strength'); s.value = 0;"
+                          "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+    _preview_after(driver, version)
+    assert driver.execute_script(grey_level) <= 1  # strength 0: grey
+    version = _version(driver)
+    driver.find_element("css selector", ".remove-hint").click()
+    _preview_after(driver, version)
+    assert driver.execute_script("return state.hints.length") == 0
+    assert driver.find_elements("css selector", ".marker") == []
