@@ -134,9 +134,9 @@ def _serve_args(sub) -> None:
     s.add_argument("--max-pixels", type=_positive, default=100_000_000,
                    help="refuse images with more pixels (default 100000000)")
     s.add_argument("--max-upload-mb", type=_positive, default=200, help="upload size cap, MB (default 200)")
-    s.add_argument("--max-sessions", type=_positive, default=16,
+    s.add_argument("--max-sessions", type=_positive, default=32,
                    help="images kept open at once (one per tab; the least recently used is closed; "
-                   "default 16)")
+                   "default 32)")
     s.add_argument("--memory-mb", type=_positive, default=2048,
                    help="decoded pixels kept open at once, MB (default 2048)")
     s.add_argument("--preview-side", type=_positive, default=512,

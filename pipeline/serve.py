@@ -190,7 +190,8 @@ async def config(request: web.Request) -> web.Response:
     srv: Server = request.app["server"]
     guided = takes_hints(srv.colorizer.model)
     note = None if guided else (f"This model ({srv.lines['colorize_name']}) takes no colour hints: the page "
-                                "shows its automatic colour; give `astrogan serve` a guided --colorize-model to place hints.")
+                                "shows its automatic colour; give `astrogan serve` a guided --colorize-model "
+                                "to place hints.")
     return web.json_response({
         "folder": srv.root.name if srv.root else None, "stretches": list(STRETCHES),
         "max_upload_bytes": srv.cfg.max_upload, "max_pixels": srv.cfg.max_pixels,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import __version__, hints
+from pipeline import __version__, color, hints
 from pipeline import inference as inf
 from pipeline.colorizer import takes_hints
 from pipeline.imageio import Picture, quantize, write_picture
@@ -172,15 +172,11 @@ def preview(lm: inf.Loaded, session: Session, points: list[hints.Hint], strength
                 session.ab_cache.popitem(last=False)
     L = torch.from_numpy(session.display_L)[None]
     lab = torch.cat([L, torch.from_numpy(ab).permute(2, 0, 1) * strength])
-    from pipeline import color
-
     return png_bytes(quantize(color.lab_to_rgb(lab).permute(1, 2, 0).numpy(), 8))
 
 
 def _preview_ab(lm, session: Session, points, reference, tile: int, overlap: int) -> np.ndarray:
     """a*b* (h, w, 2) at the display size, predicted at the model's preview size."""
-    from pipeline import color
-
     data = session.model_data
     mh, mw = data.shape[:2]
     h, w = session.picture.data.shape[:2]
