@@ -189,7 +189,7 @@ def _drag_second_hint(driver) -> None:
 
 
 def _screenshot(driver, srv, dst: Path) -> None:
-    """The README's picture: a real Hubble image opened from FOLDER, three hints, before/after at 35%."""
+    """The README's picture: a real Hubble image opened from FOLDER, three hints, before/after at 22%."""
     from selenium.webdriver.support.ui import Select
 
     driver.get(srv.url + "/")
