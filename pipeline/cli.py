@@ -3,6 +3,7 @@
     astrogan colorize IN... -o OUT [--model NAME | best | models/colorize/<name> | FILE.safetensors]
     astrogan upscale  IN... -o OUT [--model NAME | best | models/superres/<name> | FILE.pt]
     astrogan info [MODEL]
+    astrogan serve [FOLDER] [--port 8000]   (the browser page: click to place colour hints)
 
 Without ``--model`` the task's default release weights shipped in ``weights/`` are used (their
 sha256 checked against ``weights/registry.json``); with no release there, the best model of the
@@ -87,7 +88,7 @@ def _image_args(p: argparse.ArgumentParser, task: str, tile_help: str, overlap_h
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astrogan", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"astrogan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{colorize,upscale,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{colorize,upscale,info,serve}")
     c = sub.add_parser("colorize", help="colour grey images (colour inputs are made grey first)",
                        description="Predict a*b colour for grey images; L stays at full resolution.",
                        epilog=EPILOG)
@@ -112,7 +113,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a release (NAME, release:NAME or a .safetensors file), a model folder or a .pt file")
     i.add_argument("--project", default=".", metavar="DIR", help="project root (for metrics/; default .)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    _serve_args(sub)
     return parser
+
+
+def _serve_args(sub) -> None:
+    s = sub.add_parser("serve", help="colorize and upscale in the browser; click to place colour hints",
+                       description="Start a local web page: open an image (upload, or pick it from FOLDER), "
+                       "click to place colour hints, compare, download the full-resolution result.")
+    s.add_argument("folder", metavar="FOLDER", nargs="?",
+                   help="a folder whose images the page may open (nothing outside it); default: uploads only")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; others get a warning)")
+    s.add_argument("--colorize-model", metavar="MODEL",
+                   help="the colorizer, as colorize --model (default: the default colorize release)")
+    s.add_argument("--upscale-model", metavar="MODEL",
+                   help="the 4x model, as upscale --model (default: the default superres release)")
+    s.add_argument("--project", default=".", metavar="DIR", help="project root, for 'best' (default: .)")
+    s.add_argument("--device", default="auto", help="auto (GPU when available) | cpu | cuda | cuda:N")
+    s.add_argument("--max-pixels", type=_positive, default=100_000_000,
+                   help="refuse images with more pixels (default 100000000)")
+    s.add_argument("--max-upload-mb", type=_positive, default=200, help="upload size cap, MB (default 200)")
+    s.add_argument("--max-sessions", type=_positive, default=32,
+                   help="images kept open at once (one per tab; the least recently used is closed; "
+                   "default 32)")
+    s.add_argument("--memory-mb", type=_positive, default=2048,
+                   help="decoded pixels kept open at once, MB (default 2048)")
+    s.add_argument("--preview-side", type=_positive, default=512,
+                   help="long side of the preview, px (default 512; the download is full resolution)")
+    s.add_argument("--workers", type=_positive, default=1,
+                   help="previews computed at once (default 1; more use more memory)")
+    s.add_argument("--batch", type=_positive, default=4, help="tiles per forward pass (default 4)")
 
 
 def expand_inputs(inputs: list[str], recursive: bool, skip: Path) -> list[tuple[Path, Path | None]]:
@@ -440,6 +472,10 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.command == "info":
         return run_info(args)
+    if args.command == "serve":
+        from pipeline import serve  # aiohttp only when serving
+
+        return serve.run(args)
     lo, hi = args.percentiles
     if not 0 <= lo < hi <= 100:
         parser.error(f"--percentiles {lo:g} {hi:g}: need 0 <= LO < HI <= 100")
