@@ -41,6 +41,7 @@ from pipeline import hints
 from pipeline import inference as inf
 from pipeline import serve_work as sw
 from pipeline.colorizer import takes_hints
+from pipeline.errors import AstroganError
 from pipeline.fsio import safe_name, sha256_file
 from pipeline.hints import HintError
 from pipeline.imageio import STRETCHES, InputError, is_image_name, quantize, read_picture
@@ -459,12 +460,12 @@ def make_app(srv: Server) -> web.Application:
 
 
 def build_server(args) -> Server:
-    """Load both models and check FOLDER (raises inf.ModelError or SystemExit with one line)."""
+    """Load both models and check FOLDER (raises inf.ModelError or AstroganError with one line)."""
     from pipeline.params import resolve_device
 
     folder = Path(args.folder) if args.folder else None
     if folder is not None and not folder.is_dir():
-        raise SystemExit(f"astrogan: {folder}: not a folder; give a folder of images (or none, to upload)")
+        raise AstroganError(f"{folder}: not a folder; give a folder of images (or none, to upload)")
     device = resolve_device(args.device)
     colorizer, cline = inf.open_model(args.colorize_model, Path(args.project), "colorize", device)
     upscaler, uline = inf.open_model(args.upscale_model, Path(args.project), "superres", device)
@@ -494,6 +495,9 @@ def run(args) -> int:
     """``astrogan serve``: start the server, print its URL, serve until interrupted."""
     try:
         srv = build_server(args)
+    except AstroganError as e:
+        print(f"astrogan: {e}", file=sys.stderr)
+        return 2
     except inf.ModelError as e:
         print(f"astrogan: {e}", file=sys.stderr)
         from pipeline.cli import EXIT_NO_MODEL
