@@ -269,6 +269,14 @@ def automatic(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def guidance(x: torch.Tensor) -> torch.Tensor:
+    """How much each pixel's colour is given (N, 1, H, W) in [0, 1]: 1 with a reference, else the
+    nearest hint's weight exp(-distance / 0.25); 0 with no guidance."""
+    has_hint = (x[:, 6:7] < 1).float()
+    near = (1 - x[:, 6:7]).clamp(min=0) ** 8
+    return torch.maximum(x[:, 9:10], has_hint * near)
+
+
 def prior(x: torch.Tensor) -> torch.Tensor:
     """The non-learned guided colour (N, 2, H, W), a*b* / 110, that a guided generator corrects:
     near a hint, the nearest hint's colour; far from every hint (or with none), the reference's

@@ -5,10 +5,14 @@ the grey image, a sparse local hint map (a*b* and a mask) and a global hint (the
 distribution) to one network. Here the input is ``pipeline.hints``'s 10 channels: L*, the hint map,
 the nearest hint in (L*, x, y) with its distance, and the reference palette rendered through L*.
 The output is that non-learned guided colour (``hints.prior``) plus a learned correction from a
-:class:`~pipeline.models.resnet_unet.ResNet18UNet` whose last conv starts at zero: an untrained
-model is the non-learned propagation, with no hints it is grey, and training only adds what the
-data supports. The U-Net runs at 1/``factor`` of the resolution (default 4: colour is low-frequency
-and a 256 px tile is seen whole at 64 px); the prior stays at full resolution, where L* is sharp.
+:class:`~pipeline.models.resnet_unet.ResNet18UNet` whose last conv starts at zero, weighted by how
+little colour is given there (``hints.guidance``: none at a hint or with a reference, all of it far
+from every hint and with no reference): an untrained model is the non-learned propagation, with no
+hints it is grey, and training only adds what the data supports where the user said nothing.
+(Trained on two CPU cores, the correction learnt an automatic colour, which helped where nothing
+is given and hurt on top of a reference; see README "Colour you choose".) The U-Net runs at
+1/``factor`` of the resolution (default 4: colour is low-frequency and a 256 px tile is seen whole
+at 64 px); the prior stays at full resolution, where L* is sharp.
 
 Shapes: input (N, 10, H, W), H and W multiples of 16 x ``factor``; output (N, 2, H, W): a*b* / 110
 in [-1, 1].
@@ -52,4 +56,5 @@ class GuidedUNet(nn.Module):
         self.encoder_weights_reason = self.net.encoder_weights_reason
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (hints.prior(x.float()).to(x.dtype) + self.net(x)).clamp(-1, 1)
+        given = hints.guidance(x.float()).to(x.dtype)
+        return (hints.prior(x.float()).to(x.dtype) + (1 - given) * self.net(x)).clamp(-1, 1)
