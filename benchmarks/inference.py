@@ -145,7 +145,8 @@ def bench_guided(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     points = [hints.Hint(int(x), int(y), tuple(int(v) for v in rng.integers(40, 220, 3)), 1)
               for x, y in rng.integers(0, 1024, (10, 2))]
-    ref_rgb = test_image(512, grey=False)
+    ref = Image.open(ROOT / "pipeline/sources/vendored/heic1206a.jpg").convert("RGB")  # a colourful reference
+    ref_rgb = np.asarray(ref, dtype=np.float32) / 255.0
     palette = hints.reference_palette(ref_rgb)
     cases = {"none": {}, "hints_10": {"points": points}, "reference": {"reference": palette},
              "hints_10_and_reference": {"points": points, "reference": palette}}

@@ -125,3 +125,24 @@ def test_no_hint_path_equals_the_automatic_model(guided, tmp_path):
     with torch.no_grad():
         ab = lm.model(hints.automatic(((L / 50) - 1)[None, None]))
     assert np.array_equal(plain, empty) and ab.abs().max() > 0.01
+
+
+def test_an_output_named_like_a_jpeg_is_refused_not_made_a_folder(guided, tmp_path, capsys):
+    src = _grey(tmp_path)
+    assert cli.main(["colorize", str(src), "-o", str(tmp_path / "out.jpg"), "--model", str(guided)]) == 2
+    assert "outputs are PNG or TIFF" in capsys.readouterr().err and not (tmp_path / "out.jpg").exists()
+
+
+def test_info_piped_into_a_reader_that_stops_is_quiet(monkeypatch):
+    """`astrogan info | head -1`: the reader has gone; the command ends quietly, no traceback."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader stopped: every write now fails with EPIPE
+    out = open(write, "w", buffering=1)  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert cli.main(["info"]) == 1
+    finally:
+        out.close()
