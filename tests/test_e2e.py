@@ -33,7 +33,7 @@ TINY = {
     "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1,
                  "eval_every": 2, "patience": 1},
     "colorize": {"zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}},  # a per-entry override
-                         "resnet18_lab_guided": {"pretrain": {"crop": 64}, "finetune": {"crop": 64}}}},
+                         "resnet18_lab_guided": {"pretrain": {"crop": 64}, "finetune": {"crop": 128}}}},
     "evaluate": {"batch_size": 8, "grid_samples": 2, "guided_points": [0, 2, 10]},
     "sr_pretrain": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
     "sr_finetune": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},

@@ -153,7 +153,9 @@ def test_main_end_to_end(project, capsys):
     assert m["fid_reason"].startswith("5 tiles <= 64 dims: the covariance would be rank-deficient")
     assert capsys.readouterr().out.count("FID skipped:") == 1
     assert list(m) == ["test_tiles", "test_images", "grey_tiles_skipped", "fid_reason",
-                       "colourfulness_truth", "grey", "m1", "m2"]
+                       "colourfulness_truth", "grey", "m1", "m2", "guided"]
+    # no guided model among m1, m2: the guided table holds the non-learned baselines alone
+    assert list(m["guided"]) == ["baselines"] and "model" not in m["guided"]["baselines"]["points"]["0"]
     assert list(m["m1"]) == ["pretrained", "finetuned"] and list(m["m2"]) == ["pretrained"]
     for d in (m["grey"], m["m1"]["pretrained"], m["m1"]["finetuned"], m["m2"]["pretrained"]):
         assert set(d) == METRIC_KEYS and d["fid"] is None
