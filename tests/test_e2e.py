@@ -2,10 +2,8 @@
 
 Runs `dvc repro` (every stage for real: scrape, natural, dedup, tile, split, pretrain and finetune
 of the three default colorizers, evaluate, the SR stages, report), checks every metric is a finite
-number (FID may be null, with a reason), that a second `dvc repro` does nothing, that `dvc repro
--f` gives the same dvc.lock (repeatable outputs), that `dvc exp run -S lr=...` changes what `dvc
-metrics diff` shows (summary.json), and that running that experiment again comes back from DVC's
-run-cache without retraining.
+number (FID may be null, with a reason), that a second `dvc repro` does nothing, and that `dvc exp
+run -S lr=...` changes what `dvc metrics diff` shows (summary.json).
 """
 
 from __future__ import annotations
@@ -132,10 +130,6 @@ def test_whole_dag_on_tiny_params(tmp_path):
     again = _run(["dvc", "repro"], proj)
     assert "up to date" in again.lower() and "Running stage" not in again
 
-    # Repeatable outputs: rerunning every stage from scratch gives the same bytes, so the same lock.
-    lock = (proj / "dvc.lock").read_text()
-    _run(["dvc", "repro", "-f"], proj)
-    assert (proj / "dvc.lock").read_text() == lock
 
     _run(["git", "add", "-A"], proj)
     _run(["git", "commit", "-qm", "baseline run"], proj)
@@ -143,8 +137,3 @@ def test_whole_dag_on_tiny_params(tmp_path):
     diff = _run(["dvc", "metrics", "diff", "--json"], proj)
     rows = json.loads(diff).get("metrics/summary.json", {})
     assert any(k.startswith("superres.") for k in rows) and any(k.startswith("colorize.") for k in rows), diff
-    # The same experiment again from the baseline: every stage comes back from DVC's run-cache.
-    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], proj)
-    _run(["dvc", "checkout", "--force"], proj)
-    again = _run(["dvc", "exp", "run", "-S", "lr=0.0001"], proj)
-    assert "Running stage" not in again and "skipping run" in again, again[-3000:]
