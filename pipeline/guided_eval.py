@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline import color, colour_bounds, hints
+from pipeline.data import siblings_of
 from pipeline.metrics import MIN_MSE, psnr
 
 COUNTS = (0, 1, 2, 5, 10, 20, 50)
@@ -41,14 +42,8 @@ def _psnr_rgb(L: torch.Tensor, ab: torch.Tensor, truth_rgb: torch.Tensor) -> tor
 
 def reference_rows(image_ids: Sequence[str]) -> list[int | None]:
     """For each tile, the index of the next tile of the same image (cyclic), or None if it is alone."""
-    groups: dict[str, list[int]] = {}
-    for i, key in enumerate(image_ids):
-        groups.setdefault(key, []).append(i)
-    out: list[int | None] = []
-    for i, key in enumerate(image_ids):
-        g = groups[key]
-        out.append(None if len(g) == 1 else g[(g.index(i) + 1) % len(g)])
-    return out
+    groups = siblings_of(image_ids)
+    return [None if len(g) == 1 else g[(g.index(i) + 1) % len(g)] for i, g in enumerate(groups)]
 
 
 def palette_baseline(ref_lab: torch.Tensor, L: torch.Tensor) -> torch.Tensor:

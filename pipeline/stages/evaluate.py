@@ -190,12 +190,11 @@ def main() -> None:
             metrics.setdefault(name, {})[stage] = m
     if paths.get("packed"):
         metrics["bounds"] = colour_bounds.bounds(Path(paths["packed"]), "test")
-    guided = score_guided(params, tiles, [r["image_id"] for r in rows], device,
-                          {key: value[0] for key, value in chosen.items()})
-    if guided:
-        metrics["guided"] = guided
-        write_guided_plot(out_dir := Path(paths["metrics"]), guided)
-        print(f"evaluate: wrote {out_dir}/plots/guided.csv")
+    # always written: a run without a guided model gets the non-learned baselines
+    metrics["guided"] = score_guided(params, tiles, [r["image_id"] for r in rows], device,
+                                     {key: value[0] for key, value in chosen.items()})
+    write_guided_plot(Path(paths["metrics"]), metrics["guided"])
+    print(f"evaluate: wrote {paths['metrics']}/plots/guided.csv")
     metrics = round_sig(metrics)
     out = Path(paths["metrics"])
     write_json_atomic(out / "colorization.json", metrics)
