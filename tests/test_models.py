@@ -123,3 +123,42 @@ def test_decoder_upsample_equals_bilinear_interpolate_forward_and_backward(fmt, 
     assert torch.allclose(g_out, g_ref, atol=1e-12)
     if fmt == torch.channels_last and hw != (1, 4):
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resnet18_is_torchvision_resnet18_weight_for_weight_and_rng_for_rng():
+    """Our torchvision-free ResNet-18 (the CLI's start-up without torchvision) holds the same
+    random weights under one seed, leaves the generator in the same state, computes the same
+    outputs, and loads torchvision's state dict (so ImageNet weights fit it)."""
+    from torchvision.models import resnet18
+
+    from pipeline.models.resnet18 import ResNet18
+
+    torch.manual_seed(3)
+    ours = ResNet18()
+    after_ours = torch.rand(4)
+    torch.manual_seed(3)
+    theirs = resnet18(weights=None)
+    after_theirs = torch.rand(4)
+    assert torch.equal(after_ours, after_theirs)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ours.load_state_dict(b)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+def test_colorize_cli_path_does_not_import_torchvision():
+    """Importing torchvision costs seconds of ``astrogan colorize`` start-up; building and running
+    the default colorizers must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from pipeline.models import generator_class\n"
+            "for name in ('resnet18_unet', 'guided_unet'):\n"
+            "    G = generator_class(name)().eval()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,7 +1,8 @@
 """U-Net on a clipped ResNet-18 encoder: the colorization generator.
 
 The encoder is torchvision's ResNet-18 (He et al. 2016, "Deep Residual Learning for Image
-Recognition") cut after ``layer3``: the paper "clips half its layers", so ``layer4``, ``avgpool`` and
+Recognition"), rebuilt in ``pipeline.models.resnet18`` so that the CLI does not import torchvision,
+cut after ``layer3``: the paper "clips half its layers", so ``layer4``, ``avgpool`` and
 ``fc`` are dropped. The decoder is a U-Net (Ronneberger et al. 2015) of upsample + conv blocks with
 skips from every encoder scale, as in pix2pix colorization (Isola et al. 2017) and the fastai
 "DynamicUnet" recipe of colorizing with an ImageNet-pretrained ResNet encoder.
@@ -19,12 +20,13 @@ import sys
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import ResNet18_Weights, resnet18
+
+from pipeline.models.resnet18 import ResNet18
 
 STRIDE = 16  # the encoder's total downsampling: inputs must be multiples of it
 
 
-def _imagenet_state_dict(weights=ResNet18_Weights.IMAGENET1K_V1) -> dict[str, torch.Tensor]:
+def _imagenet_state_dict(weights) -> dict[str, torch.Tensor]:
     """ImageNet weights of a torchvision weights enum via its API (torch hub cache first)."""
     # torch.hub announces a download on stdout; keep that only when the download worked, so an
     # offline run prints just the one-line notice below.
@@ -35,12 +37,19 @@ def _imagenet_state_dict(weights=ResNet18_Weights.IMAGENET1K_V1) -> dict[str, to
 
 
 def load_imagenet(net: nn.Module, weights, what: str) -> tuple[str, str]:
-    """Load ``weights`` (a torchvision weights enum) into ``net``; returns (used, reason).
+    """Load ``weights`` (a torchvision weights enum, or the name of one such as
+    ``"ResNet18_Weights.IMAGENET1K_V1"``: torchvision is then imported only here) into ``net``;
+    returns (used, reason).
 
     used is "imagenet", or "random" when the weights cannot be had (offline, proxy, corrupt cache),
     in which case ONE line ``<what> weights: imagenet unavailable (<reason>); using random init`` is
     printed and ``net`` keeps its random init. Shared by every model with an ImageNet backbone."""
     try:
+        if isinstance(weights, str):
+            import torchvision.models as tvm
+
+            enum, member = weights.split(".")
+            weights = getattr(getattr(tvm, enum), member)
         net.load_state_dict(_imagenet_state_dict(weights))
         return "imagenet", f"torchvision {type(weights).__name__}.{weights.name}"
     except Exception as e:  # offline, proxy, corrupt cache: all mean "no pretrained weights"
@@ -143,11 +152,11 @@ class ResNet18UNet(nn.Module):
         if encoder_weights not in (None, "imagenet"):
             raise ValueError(f"encoder_weights={encoder_weights!r}; use 'imagenet' or None")
         self.in_channels, self.out_channels = in_channels, out_channels
-        net = resnet18(weights=None)
+        net = ResNet18()
         self.encoder_weights_used, self.encoder_weights_reason = "random", "not requested"
         if encoder_weights == "imagenet":
             self.encoder_weights_used, self.encoder_weights_reason = load_imagenet(
-                net, ResNet18_Weights.IMAGENET1K_V1, "encoder")
+                net, "ResNet18_Weights.IMAGENET1K_V1", "encoder")
         if in_channels != 3:
             net.conv1 = adapt_conv1(net.conv1, in_channels)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)        # 1/2, 64
