@@ -140,7 +140,7 @@ def bench_guided(args: argparse.Namespace) -> dict:
 
     device = torch.device("cpu")
     lm, chosen = inf.open_model(None, ROOT, "colorize", device)
-    tile = int((lm.meta.get("card") or {}).get("crop") or 256)
+    tile, overlap = inf.default_tiling(lm)
     grey = test_image(1024, grey=True)
     rng = np.random.default_rng(0)
     points = [hints.Hint(int(x), int(y), tuple(int(v) for v in rng.integers(40, 220, 3)), 1)
@@ -150,7 +150,7 @@ def bench_guided(args: argparse.Namespace) -> dict:
     palette = hints.reference_palette(ref_rgb)
     cases = {"none": {}, "hints_10": {"points": points}, "reference": {"reference": palette},
              "hints_10_and_reference": {"points": points, "reference": palette}}
-    out = {"model": chosen, "image": "1024x1024", "tile": tile, "overlap": tile // 2, "cases": {}}
+    out = {"model": chosen, "image": "1024x1024", "tile": tile, "overlap": overlap, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray((grey * 255).astype(np.uint8)).save(tmp / "in.png")
@@ -163,7 +163,7 @@ def bench_guided(args: argparse.Namespace) -> dict:
             inproc = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                inf.colorize_image(lm, grey, tile=tile, overlap=tile // 2, batch=args.batch, device=device,
+                inf.colorize_image(lm, grey, tile=tile, overlap=overlap, batch=args.batch, device=device,
                                    **kw)
                 inproc.append(time.perf_counter() - t0)
             whole = []

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("colorize", help="colour grey images (colour inputs are made grey first)",
                        description="Predict a*b colour for grey images; L stays at full resolution.",
                        epilog=EPILOG)
-    _image_args(c, "colorize", "the model's training crop from its card, else 256", "tile/2")
+    _image_args(c, "colorize", "the model's training crop from its card or 256, the larger",
+                "tile/2; tile/4 for a guided model")
     c.add_argument("--strength", type=float, default=None,
                    help="scale the predicted a*b: a saturation control; 0 = grey, 1 = as predicted, >1 more "
                    "saturated (default: the strength chosen on the val tiles for this model, else 1)")
@@ -212,10 +213,11 @@ def _bits(choice: str, source_bits: int) -> int:
 
 def _tiling(args: argparse.Namespace, lm: inf.Loaded) -> str | None:
     """Fill in --tile/--overlap defaults; return an error message if they do not fit together."""
-    if args.tile is None:  # colorizers: the crop size they were trained at
-        args.tile = int((lm.meta.get("card") or {}).get("crop") or 256) if lm.task == "colorize" else 64
-    if args.overlap is None:  # colorizers paint by position in the tile: half-tile overlap hides it
-        args.overlap = args.tile // 2 if lm.task == "colorize" else args.tile // 8
+    tile, overlap = inf.default_tiling(lm)
+    if args.tile is None:
+        args.tile = tile
+    if args.overlap is None:  # the default's share of the tile
+        args.overlap = args.tile * overlap // tile
     if not 0 <= args.overlap <= args.tile // 2:
         return f"--overlap {args.overlap} must be between 0 and tile/2 ({args.tile // 2})"
     return None

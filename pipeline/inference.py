@@ -298,6 +298,26 @@ def upscale_image(lm: Loaded, data: np.ndarray, *, tile: int = 64, overlap: int 
     return out
 
 
+EVAL_TILE = 256  # px: the test tiles the evaluate stage scores colorizers on (params ``tile.size``)
+
+
+def default_tiling(lm: Loaded) -> tuple[int, int]:
+    """The default (tile, overlap) in input px of ``astrogan colorize`` / ``upscale`` and ``serve``.
+
+    Colorizers: tiles of the training crop from the model's card, or 256 px (the tile size the
+    evaluate stage scores at, so what the metrics measured) when that is larger. Overlap: half a
+    tile, which hides that a colorizer paints by position in its tile; a guided model needs only a
+    quarter, because its colour is the hints' and the reference's, which do not depend on the tile
+    (their propagation is computed over the whole image) plus a small learned correction: on five
+    esahubble images of 1 MP, overlap 64 instead of 128 at 256 px tiles moved a*b* by 0.00-0.05 CIE
+    units on average, with and without hints, and it halves the work. Upscalers: 64 px tiles,
+    overlap 8."""
+    if lm.task != "colorize":
+        return 64, 8
+    tile = max(int((lm.meta.get("card") or {}).get("crop") or EVAL_TILE), EVAL_TILE)
+    return tile, tile // 4 if takes_hints(lm.model) else tile // 2
+
+
 def tiles_for(lm: Loaded, shape: tuple[int, ...], tile: int, overlap: int) -> int:
     """How many tiles an image of ``shape`` takes (the progress bar's total)."""
     return count_tiles(shape[0], shape[1], tile=tile, overlap=overlap, multiple=lm.multiple)

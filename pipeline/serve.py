@@ -90,8 +90,8 @@ class Server:
         # Bounded memory under load: at most `workers` previews/decodes and one full-resolution job at once.
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="astrogan-preview")
         self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="astrogan-job")
-        self.ctile = _tiling(colorizer)
-        self.utile = _tiling(upscaler)
+        self.ctile = inf.default_tiling(colorizer)
+        self.utile = inf.default_tiling(upscaler)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -126,14 +126,6 @@ class Server:
         if len(self.jobs) >= MAX_JOBS:
             raise Fail(503, f"{MAX_JOBS} full-resolution jobs are already waiting; try again later")
         self.jobs[job.id] = job
-
-
-def _tiling(lm: inf.Loaded) -> tuple[int, int]:
-    """The CLI's default tile and overlap for this model."""
-    if lm.task == "colorize":
-        tile = int((lm.meta.get("card") or {}).get("crop") or 256)
-        return tile, tile // 2
-    return 64, 8
 
 
 def _error(status: int, sentence: str) -> web.Response:
