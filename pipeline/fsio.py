@@ -41,6 +41,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` written atomically, the same bytes for the same ``obj`` every time.
+
+    Saved to memory first: ``torch.save`` to a file names the zip archive inside after the file, and
+    the temporary file's name is random, so the same checkpoint came out with different bytes on
+    every run and ``dvc repro -f`` changed ``dvc.lock``."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

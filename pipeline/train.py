@@ -40,7 +40,7 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.data import Feeder, images_sha256  # noqa: F401 (re-exported)
 from pipeline.errors import AstroganError
-from pipeline.fsio import atomic_path, write_csv_atomic, write_json_atomic
+from pipeline.fsio import save_torch_atomic, write_csv_atomic, write_json_atomic
 from pipeline.models import save_generator
 from pipeline.params import resolve_device, stage_params
 
@@ -345,8 +345,7 @@ def load_resume(path: Path, run_hash: str) -> dict[str, Any] | None:
 
 
 def save_resume(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(path, state)
 
 
 @dataclass

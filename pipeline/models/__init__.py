@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import AstroganError
-from pipeline.fsio import atomic_path
+from pipeline.fsio import save_torch_atomic
 
 
 class _Registry(Mapping):
@@ -87,8 +87,7 @@ def save_generator(path: str | os.PathLike, model: nn.Module, *, arch: str, arch
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     blob = {"arch": arch, "arch_kwargs": arch_kwargs, "color_space": color_space,
             "state_dict": state, "step": int(step), "card": card or {}}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    save_torch_atomic(path, blob)
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu"
