@@ -30,10 +30,11 @@ from tqdm import tqdm
 from pipeline import __version__, hints, weights
 from pipeline import inference as inf
 from pipeline.colorizer import takes_hints
+from pipeline.decode import STRETCHES, InputError, is_image_name, read_picture
 from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.hints import HintError
-from pipeline.imageio import STRETCHES, InputError, is_image_name, read_picture, write_picture
+from pipeline.imageio import write_picture
 from pipeline.inference import ModelError
 from pipeline.params import resolve_device
 

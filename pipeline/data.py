@@ -19,25 +19,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from pipeline.decode import InputError, read_uint8
 from pipeline.errors import AstroganError
 from pipeline.fsio import read_csv, sha256_file
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB (H, W, 3); grey, RGBA, palette and 16-bit handled."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            a = np.asarray(im, dtype=np.float64)
-            a = (a / max(a.max(), 1) * 255.0).round().astype(np.uint8)
-            return np.repeat(a[..., None], 3, axis=2)
-        if im.mode in ("RGBA", "LA", "P", "PA"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (0, 0, 0, 255))  # sky is black: composite on black
-            im = Image.alpha_composite(bg, im)
-        return np.asarray(im.convert("RGB"))
+    """Decode an image file to uint8 RGB (H, W, 3) by the project's one decoder and convention
+    (:func:`pipeline.decode.read_uint8`: 16-bit over its full range, float and FITS stretched, alpha
+    on black), grey repeated; what the CLI sees in the same file, quantized to 8 bits. An unusable
+    file raises :class:`~pipeline.decode.InputError` naming it."""
+    try:
+        a = read_uint8(path).data
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    return a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
 
 
 def read_split(split_dir: str | os.PathLike, name: str) -> list[dict[str, str]]:

@@ -26,9 +26,9 @@ import torch
 
 from pipeline import color, hints, weights
 from pipeline.colorizer import takes_hints
+from pipeline.decode import quantize
 from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
-from pipeline.imageio import quantize
 from pipeline.models import load_generator
 from pipeline.tiling import count_tiles, tiled
 

@@ -41,10 +41,10 @@ from pipeline import hints
 from pipeline import inference as inf
 from pipeline import serve_work as sw
 from pipeline.colorizer import takes_hints
+from pipeline.decode import STRETCHES, InputError, is_image_name, quantize, read_picture
 from pipeline.errors import AstroganError
 from pipeline.fsio import safe_name, sha256_file
 from pipeline.hints import HintError
-from pipeline.imageio import STRETCHES, InputError, is_image_name, quantize, read_picture
 
 WEB = Path(__file__).parent / "web"
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}

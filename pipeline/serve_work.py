@@ -1,7 +1,7 @@
 """The work behind ``astrogan serve``: open images, fast previews, full-resolution jobs, bounded memory.
 
 A :class:`Session` (one per opened image, so one per browser tab) keeps the decoded image (float32
-in [0, 1], as ``imageio.read_picture`` gives it) in memory; :class:`Sessions` holds at most
+in [0, 1], as ``decode.read_picture`` gives it) in memory; :class:`Sessions` holds at most
 ``max_sessions`` of them and ``max_bytes`` of pixels, evicting the least recently used.
 
 A preview is fast because the model runs on a small copy: the image is area-downscaled to
@@ -31,7 +31,8 @@ from PIL import Image
 from pipeline import __version__, color, hints
 from pipeline import inference as inf
 from pipeline.colorizer import takes_hints
-from pipeline.imageio import Picture, quantize, write_picture
+from pipeline.decode import Picture, quantize
+from pipeline.imageio import write_picture
 
 MAX_HINTS = 1000
 AB_CACHE = 8  # a*b* previews kept per session (undo, strength changes)

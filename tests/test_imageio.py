@@ -1,4 +1,5 @@
-"""Reading PNG/JPEG/TIFF/FITS inputs (real files from astropy and scikit-image), stretches, writing."""
+"""Reading PNG/JPEG/TIFF/FITS inputs with pipeline.decode (real files from astropy and scikit-image),
+stretches, writing outputs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from astropy.visualization import ZScaleInterval
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.imageio import InputError, encode_png16, read_meta, read_picture, stretch, write_picture
+from pipeline.decode import InputError, read_picture, stretch
+from pipeline.imageio import encode_png16, read_meta, write_picture
 
 ASTROPY = Path(astropy.__file__).parent
 M13 = ASTROPY / "io/fits/hdu/compressed/tests/data/m13.fits"            # M13, int16 300x300

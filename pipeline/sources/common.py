@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.decode import InputError, read_uint8
 from pipeline.fsio import MANIFEST, append_jsonl, read_jsonl, safe_name, sha256_bytes
-
-Image.MAX_IMAGE_PIXELS = None  # we bound size ourselves (max_pixels), after a cheap header read
-MAX_DECODE_PIXELS = 400_000_000  # refuse anything bigger than this before decoding (bomb guard)
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,8 @@ class SourceConfig:
                    retries=int(s.get("retries", cls.retries)))
 
 
-class BadImage(ValueError):
-    """An input that is not a usable image (corrupt, empty, HTML, too big...)."""
+class BadImage(InputError):
+    """An input that is not a usable image (corrupt, empty, HTML, too big...), named in the message."""
 
 
 def now_iso() -> str:
@@ -61,97 +59,30 @@ def glob_escape(s: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in s)
 
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
 def decode_image(data: bytes, origin: str) -> Image.Image:
-    """Fully decode ``data`` to an 8-bit image (L, RGB, RGBA...) or raise BadImage naming ``origin``.
+    """Fully decode ``data`` with the project's one decoder (:mod:`pipeline.decode`: its checks and
+    its convention, so a stored file looks as training will see it) to an 8-bit L or RGB image, or
+    raise BadImage naming ``origin``.
 
-    16-bit and float samples (TIFF, PNG) are scaled to 8 bits over their full range, never clipped.
-    ``im.info["source_bits"]`` says how many bits the file had, ``im.info["source_format"]`` its
-    format. TIFF is decoded with tifffile; ``im.info["pil_unsafe"]`` marks the TIFFs that Pillow
-    (which later stages read files with) gets wrong: planar colour (garbled) and float colour
-    (unreadable).
+    ``im.info``: ``source_bits`` (8, 16 or 32), ``source_format`` (JPEG, PNG, TIFF, FITS...) and
+    ``pil_unsafe``, why the file cannot be kept as it is, or "": dedup hashes files with Pillow,
+    which garbles planar colour TIFF and cannot read float colour TIFF or FITS.
     """
-    if not data:
-        raise BadImage(f"{origin}: empty file")
-    head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
-        raise BadImage(f"{origin}: got an HTML/text page, not an image")
     try:
-        if data[:4] in TIFF_MAGIC:
-            im = _decode_tiff(data, origin)
-        else:
-            im = Image.open(io.BytesIO(data))
-            fmt = im.format or "PNG"
-            _check_pixels(im.width, im.height, origin)
-            im.load()
-            im, bits = _to_8bit(im)
-            im.info.update(source_bits=bits, source_format=fmt)
-    except BadImage:
-        raise
-    except Exception as e:  # PIL and tifffile raise many types for corrupt data
-        raise BadImage(f"{origin}: not a decodable image ({type(e).__name__}: {e})") from None
-    if im.width == 0 or im.height == 0:
-        raise BadImage(f"{origin}: zero-size image")
+        pic = read_uint8(data, name=origin)
+    except InputError as e:
+        raise BadImage(f"{origin}: {e}") from None
+    im = Image.fromarray(pic.data)
+    fmt, bits = pic.meta["format"], pic.bit_depth
+    unsafe = ""
+    if fmt == "TIFF" and not pic.grey and (pic.meta.get("planar") or bits == 32):
+        unsafe = f"{bits}-bit planar or float colour TIFF (Pillow misreads those)"
+    elif fmt == "FITS":
+        lo, hi = pic.meta["percentiles"]
+        unsafe = (f"FITS HDU {pic.meta['hdu']}, {pic.meta['stretch']} stretch between its {lo:g} and "
+                  f"{hi:g} percentiles")
+    im.info.update(source_bits=bits, source_format=fmt, pil_unsafe=unsafe)
     return im
-
-
-def _check_pixels(width: int, height: int, origin: str) -> None:
-    if width * height > MAX_DECODE_PIXELS:
-        raise BadImage(f"{origin}: {width}x{height} is too large to decode safely")
-
-
-def _decode_tiff(data: bytes, origin: str) -> Image.Image:
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages.first
-        planar = page.planarconfig == 2 and len(page.shape) == 3
-        h, w = page.shape[1:] if planar else page.shape[:2]
-        _check_pixels(w, h, origin)
-        a = page.asarray()
-    if planar:
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise BadImage(f"{origin}: unsupported TIFF pixel layout {a.shape}")
-    bits = 32 if a.dtype.kind == "f" else 8 * a.dtype.itemsize
-    im = Image.fromarray(_scale_to_uint8(a))
-    im.info.update(source_bits=bits, source_format="TIFF",
-                   pil_unsafe=a.ndim == 3 and (planar or a.dtype.kind == "f"))
-    return im
-
-
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Integer samples map over their dtype's range (65535 -> 255); floats over [0, max]."""
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype.kind in "ui":
-        top = float(np.iinfo(a.dtype).max)
-    else:
-        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        top = max(float(a.max()), 1e-12)
-    return (np.clip(a / top, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _to_8bit(im: Image.Image) -> tuple[Image.Image, int]:
-    """Pillow's 16-bit/int/float modes to 8-bit L; other modes as they are (with their bit count).
-
-    Pillow's own ``convert("L")`` clips these at 255, which turns a 16-bit image white.
-    """
-    if im.mode.startswith("I;16"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(im, dtype=np.uint16))), 16
-    if im.mode == "I":   # Pillow's mode for 16-bit grey PNG: values up to 65535 in int32
-        a = np.asarray(im)
-        a = a.astype(np.uint16) if a.size and 0 <= a.min() and a.max() < 65536 else a
-        return Image.fromarray(_scale_to_uint8(a)), 16 if a.dtype == np.uint16 else 32
-    if im.mode == "F":
-        return Image.fromarray(_scale_to_uint8(np.asarray(im))), 32
-    # 16-bit colour PNG: Pillow keeps the high byte of each sample, which is the same scaling.
-    bits = 16 if im.format == "PNG" and im.info.get("bitdepth", 8) == 16 else 8
-    return im, bits
 
 
 def shrink_to(im: Image.Image, max_pixels: int) -> Image.Image:
@@ -201,9 +132,9 @@ def store_image(out_dir: Path, image_id: str, data: bytes | None, record: dict, 
     if small is not im:
         derived.append(f"downscaled from {im.width}x{im.height}")
     if im.info.get("pil_unsafe"):
-        derived.append(f"{bits}-bit planar or float colour TIFF (Pillow misreads those)")
+        derived.append(im.info["pil_unsafe"])
     # Within the cap the file is kept byte-for-byte (16-bit data included); otherwise it is
-    # re-encoded from the 8-bit decode (16-bit samples scaled, never clipped: decode_image).
+    # re-encoded from the 8-bit decode (pipeline.decode's convention: 16-bit over its full range).
     if derived or data is None:
         fmt = "JPEG" if fmt == "JPEG" and small.mode in ("RGB", "L") else "PNG"
         buf = io.BytesIO()

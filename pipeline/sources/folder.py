@@ -5,11 +5,11 @@ image on its ``file`` field, the name relative to that manifest's folder, or on 
 the file's stem); otherwise the id is ``folder-<relative path>`` (made safe) and credit and
 licence are ``"unknown"``.
 
-FITS files (astropy): the first HDU with image data (a cube gives its first plane), NaN/inf -> 0,
-flipped vertically (FITS rows run bottom-up, ``origin='lower'``), then an asinh stretch between
-the 0.5th and 99.5th percentiles, ``asinh(A x) / asinh(A)`` with ``A = ASINH_A`` on
-``x in [0, 1]``, to uint8 grey, stored as PNG. Like the ``embedded`` source, the output folder is
-emptied and rebuilt on every run.
+Every file is decoded by the project's one decoder (``pipeline.decode``), as training will read
+it: FITS files (the ``SCI`` HDU, else the first image HDU; a cube gives its first plane) get the
+decoder's display stretch (asinh between the 0.5th and 99.5th percentiles, NaN/inf black, rows flipped north
+up) and are stored as 8-bit grey PNG. Like the ``embedded`` source, the output folder is emptied
+and rebuilt on every run.
 """
 
 from __future__ import annotations
@@ -17,48 +17,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.errors import AstroganError
 from pipeline.fsio import MANIFEST, read_jsonl, safe_name
-from pipeline.sources.common import BadImage, SourceConfig
+from pipeline.sources.common import SourceConfig
 from pipeline.sources.embedded import Item, Tally, ingest, reset_dir
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 FITS_EXTS = {".fits", ".fit", ".fts", ".fits.gz"}
-ASINH_A = 10.0  # asinh softening: ~linear for faint pixels, log-like for bright cores
-
-
-def asinh_stretch(data: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5,
-                  a: float = ASINH_A) -> np.ndarray:
-    """Float image (H, W), any range, NaNs allowed -> uint8 (H, W) by a percentile-clipped asinh."""
-    d = np.nan_to_num(np.asarray(data, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = np.percentile(d, [lo_pct, hi_pct])
-    x = np.clip((d - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(d)
-    return np.round(np.arcsinh(a * x) / np.arcsinh(a) * 255.0).astype(np.uint8)
-
-
-def read_fits(path: Path) -> np.ndarray:
-    """The first image HDU of ``path`` as stretched uint8 grey (H, W), north up."""
-    from astropy.io import fits
-
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.data is not None and getattr(hdu.data, "ndim", 0) >= 2:
-                    data = np.asarray(hdu.data)
-                    break
-            else:
-                raise BadImage(f"{path}: no HDU with 2-D image data")
-    except BadImage:
-        raise
-    except Exception as e:  # astropy raises OSError, TypeError, ValueError... for broken files
-        raise BadImage(f"{path}: not a readable FITS file ({type(e).__name__}: {e})") from None
-    while data.ndim > 2:
-        data = data[0]
-    if min(data.shape) == 0:
-        raise BadImage(f"{path}: empty FITS image {data.shape}")
-    return np.ascontiguousarray(asinh_stretch(data)[::-1])
 
 
 def is_fits(p: Path) -> bool:
@@ -97,11 +62,7 @@ def folder_items(root: Path) -> list[Item]:
         record = {"source": "folder", "url": rec.get("url") or str(path),
                   "title": rec.get("title") or image_id, "credit": rec.get("credit") or "unknown",
                   "licence": rec.get("licence") or "unknown", "original_file": rel.as_posix()}
-        if is_fits(path):
-            record["stretch"] = f"asinh(A={ASINH_A}) between the 0.5 and 99.5 percentiles, grey"
-            items.append((image_id, record, lambda p=path: ("array", read_fits(p))))
-        else:
-            items.append((image_id, record, lambda p=path: ("data", p.read_bytes())))
+        items.append((image_id, record, lambda p=path: ("data", p.read_bytes())))
     return items
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data import PACKED_COLUMNS, load_rgb, packed_paths, read_split
+from pipeline.decode import InputError
 from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_csv_atomic, write_json_atomic
 from pipeline.params import load_params
@@ -40,8 +41,8 @@ def pack_split(tiles_dir: Path, rows: list[dict], npy: Path, side: int) -> None:
         path = tiles_dir / f"{rows[i]['tile_id']}.png"
         try:
             rgb = load_rgb(path)
-        except OSError as e:
-            raise AstroganError(f"{path}: unreadable tile ({e}); rerun `dvc repro tile`") from None
+        except InputError as e:  # it names the file
+            raise AstroganError(f"unreadable tile {e}; rerun `dvc repro tile`") from None
         if rgb.shape[:2] != (side, side):
             raise AstroganError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, not {side}x{side} like the others; "
                                 "rerun `dvc repro tile`")

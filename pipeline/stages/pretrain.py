@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline import colorizer, distributed
 from pipeline.data import images_sha256, load_colour_tiles, load_rgb, siblings_of
+from pipeline.decode import InputError
 from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
@@ -50,8 +51,8 @@ def load_photos(natural_dir: Path, crop: int) -> tuple[list[torch.Tensor], Path]
         path = natural_dir / rec["file"]
         try:
             rgb = load_rgb(path)
-        except OSError as e:
-            raise AstroganError(f"{path}: cannot read photo ({e}); rerun `dvc repro natural`") from None
+        except InputError as e:  # it names the file
+            raise AstroganError(f"cannot read photo {e}; rerun `dvc repro natural`") from None
         if min(rgb.shape[:2]) < crop:
             raise AstroganError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {crop} px crop; "
                                 "lower pretrain.crop or raise natural.size")

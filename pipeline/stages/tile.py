@@ -6,8 +6,8 @@ Tiles start every ``tile.stride`` px, row-major, full tiles only; an image small
 on either side is skipped (``images_too_small``). Content score: ``pipeline.tileset``. Tiles scoring below
 ``tile.min_content`` are dropped. Writes ``<paths.tiles>/<image_id>_<y>_<x>.png`` (8-bit RGB),
 ``<paths.tiles>/tiles.csv`` (tile_id, image_id, x, y, size, content, grey) and
-``<paths.metrics>/data.tile.json``. Images are read with ``pipeline.data.load_rgb`` (RGBA on
-black, 16-bit scaled, grey repeated) on all cores.
+``<paths.metrics>/data.tile.json``. Images are read with ``pipeline.data.load_rgb`` (the project's
+one decoder: RGBA on black, 16-bit over its full range, float stretched, grey repeated) on all cores.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data import load_rgb
+from pipeline.decode import InputError
 from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, write_csv_atomic, write_json_atomic
 from pipeline.params import load_params
@@ -34,8 +35,9 @@ def tile_image(job: tuple[str, str, str, TileConfig]) -> dict:
     path, image_id, out_dir, cfg = job
     try:
         rgb = load_rgb(path)
-    except Exception as e:  # a decoder error names the file; the other images go on
-        return {"rows": [], "dropped": 0, "too_small": False, "error": f"{path}: {type(e).__name__}: {e}"}
+    except Exception as e:  # one line that names the file; the other images go on
+        error = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
+        return {"rows": [], "dropped": 0, "too_small": False, "error": error}
     h, w = rgb.shape[:2]
     grey = int(is_grey(rgb))
     rows, dropped = [], 0
