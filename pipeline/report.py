@@ -486,34 +486,37 @@ def render_superres_report(metrics: dict, params: dict) -> str:
 
 def summary(colorization: dict, superres: dict, data: dict) -> dict:
     """The headline numbers DVC tracks (``metrics/summary.json``; ``dvc exp show`` / ``dvc metrics
-    diff``): per task the best model against its baseline, guided colour at 10 points and with a
-    reference, FID where it could be computed, and the data counts. Numbers only (the names of the
-    best models are in report.md); the detailed tables stay in colorization.json and superres.json."""
+    diff``): per task the best model against its baseline (``colorize.vs_grey``: a*b* L1 over the
+    grey image's; ``sr.gain_db``: PSNR-Y over bicubic), guided colour's a*b* L1 over grey with 10
+    points and with a reference beside the non-learned baselines (``guided.points10`` /
+    ``nearest10``, ``guided.ref`` / ``palette``), FID where it could be computed, and the data
+    counts. Numbers only (the names of the best models are in report.md); the detailed tables stay
+    in colorization.json and superres.json. The names are short so that ``dvc exp show
+    --only-changed`` fits 120 columns: the baselines and counts do not move with training params,
+    so only the model columns and the param show."""
     out: dict = {}
     grey = colorization["grey"]["ab_l1"]
     scored = [(m["ab_l1"], name, stage, m) for name, stages in colorization.items()
               if name not in TOP_LEVEL and isinstance(stages, dict) for stage, m in stages.items()]
     if scored:
         best = min(scored, key=lambda t: t[0])[3]
-        out["colorize"] = {"ab_l1": best["ab_l1"],
-                           "vs_grey": round(best["ab_l1"] / grey, 4) if grey else None,
+        out["colorize"] = {"vs_grey": round(best["ab_l1"] / grey, 4) if grey else None,
                            **({"fid": best["fid"]} if best.get("fid") is not None else {})}
     guided = colorization.get("guided") or {}
     if guided:
         g = min(guided.values(), key=lambda r: r["points"].get("10", {}).get("model", float("inf")))
         ten = g["points"].get("10") or {}
         ref = g.get("reference") or {}
-        found = {"points10_vs_grey": ten.get("model_vs_grey"),
-                 "nearest10_vs_grey": ten.get("nearest_vs_grey"),
-                 "reference_vs_grey": ref.get("model_vs_grey"), "palette_vs_grey": ref.get("palette_vs_grey")}
+        found = {"points10": ten.get("model_vs_grey"), "nearest10": ten.get("nearest_vs_grey"),
+                 "ref": ref.get("model_vs_grey"), "palette": ref.get("palette_vs_grey")}
         out["guided"] = {k: v for k, v in found.items() if v is not None}
     sr = [(m["psnr_y"], m) for name, stages in superres.items()
           if name not in SR_TOP_LEVEL and isinstance(stages, dict) for m in stages.values()
           if isinstance(m, dict) and "psnr_y" in m]
     if sr:
         psnr, best = max(sr, key=lambda t: t[0])
-        out["superres"] = {"psnr_y": psnr, "gain_db": round(psnr - superres["bicubic"]["psnr_y"], 4),
-                           **({"fid": best["fid"]} if best.get("fid") is not None else {})}
+        out["sr"] = {"gain_db": round(psnr - superres["bicubic"]["psnr_y"], 4),
+                     **({"fid": best["fid"]} if best.get("fid") is not None else {})}
     out["data"] = {k: v for k, v in data.items() if v is not None}
     return out
 
