@@ -19,6 +19,7 @@ from pipeline import distributed, superres
 from pipeline.errors import run_main
 from pipeline.models import generator_class
 from pipeline.params import load_params, params_hash, seed_everything
+from pipeline.paths import checkpoint, plot, resume_file
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
 
 PHASE = "sr_pretrain"
@@ -43,12 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     read = superres.phase_params(params, name, PHASE)
     run = Run(name=name, phase=PHASE, G=G, D=None, color_space="rgb", images=tiles,
               run_hash=params_hash({"params": read, "data": data}),
-              resume_path=Path(paths["resume"]) / "superres" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              resume_path=resume_file(paths, "superres", name, PHASE), csv_path=plot(paths, PHASE, name),
               make_pair=lambda rgb, gen: superres.make_pair(rgb, deg, gen),
               objective=Objective(conditional=False, pixel_loss=pixel))
     result = fit(run, cfg)
-    out = Path(paths["superres_models"]) / name / "pretrained.pt"
+    out = checkpoint(paths, "superres", name, "pretrained")
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
                   card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
                         "pixel_loss": pixel, "params": read, "data": data})
