@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     read = phase_params(params, name, PHASE)
     terms, colour = colorizer.colour_objective(entry, tiles, G, resolve_device(cfg.device), None)
-    run = Run(name=name, phase=PHASE, G=G, D=D, color_space=entry["color_space"], images=tiles,
+    run = Run(name=name, phase=PHASE, G=G, D=D, images=tiles,
               objective=Objective(**terms),
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=resume_file(paths, "colorize", name, PHASE), csv_path=plot(paths, PHASE, name),
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     result = fit(run, cfg)
     out = checkpoint(paths, "colorize", name, "finetuned")
     card = finish(run, cfg, result, out_path=out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"],
-                  card={"discriminator": d_card, "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
+                  card={"color_space": entry["color_space"], "discriminator": d_card,
+                        "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
                         **({"gp_weight": cfg.gp_weight} if cfg.gan_loss == "wgan-gp" else {}),
                         "encoder_weights": meta.get("card", {}).get("encoder_weights"),
                         "params": read, "data": data, **colour})

@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     read = phase_params(params, name, PHASE)
     terms, colour = colorizer.colour_objective(entry, images, G, resolve_device(cfg.device), None)
-    space = entry["color_space"]
-    run = Run(name=name, phase=PHASE, G=G, D=None, color_space=space, images=images,
+    run = Run(name=name, phase=PHASE, G=G, D=None, images=images,
               run_hash=params_hash({"params": read, "data": data}),
               resume_path=resume_file(paths, "colorize", name, PHASE), csv_path=plot(paths, PHASE, name),
               meta={"encoder_weights": encoder}, objective=Objective(**terms),
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     result = fit(run, cfg)
     out = checkpoint(paths, "colorize", name, "pretrained")
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
-                  card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
+                  card={"color_space": entry["color_space"],
+                        "encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
                         **colour})
     if result["main"]:
         print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "
