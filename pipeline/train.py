@@ -476,9 +476,8 @@ def _check_input(G: nn.Module, x: torch.Tensor, crop: int, run: Run) -> None:
     m = int(getattr(G, "input_multiple", 1) or 1)
     if x.shape[-1] % m or x.shape[-2] % m:
         raise AstroganError(f"params.yaml: the {crop} px crop of {run.name} ({run.phase}) is not a "
-                            "multiple of "
-                         f"{m}, its generator's input multiple; set {run.phase}.crop (or the zoo entry's "
-                         f"{run.phase}.crop) to a multiple of {m}")
+                            f"multiple of {m}, its generator's input multiple; set {run.phase}.crop (or "
+                            f"the zoo entry's {run.phase}.crop) to a multiple of {m}")
 
 
 def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
