@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import __version__, hints, weights
+from pipeline import __version__, hints, paths, weights
 from pipeline import inference as inf
 from pipeline.colorizer import takes_hints
 from pipeline.decode import STRETCHES, InputError, is_image_name, read_picture
@@ -365,13 +365,17 @@ def run_info(args: argparse.Namespace) -> int:
     card = blob.get("card") or {}
     task = card.get("task", "superres" if "scale" in card else "colorize")
     name, phase = card.get("name", path.parent.name), path.stem
-    _, metrics_file = inf.project_paths(Path(args.project), task)
+    try:
+        metrics_file = paths.metrics_file(inf.project_paths(Path(args.project)), task)
+    except ModelError as e:
+        print(f"astrogan: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     info = {"model": str(path), "sha256": sha256_file(path), "task": task, "arch": blob.get("arch"),
             "arch_kwargs": blob.get("arch_kwargs"), "color_space": blob.get("color_space"),
             "step": blob.get("step"), "card": card,
             "metrics": (metrics.get(name) or {}).get(phase), "metrics_file": str(metrics_file),
-            "baseline": metrics.get("grey" if task == "colorize" else "bicubic")}
+            "baseline": metrics.get(inf.BEST[task].baseline)}
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -39,8 +39,8 @@ def pair_maker(entry: dict, mono: float = 0.0) -> Callable:
     if is_guided(entry):
         if mono > 0:
             raise AstroganError(f"params.yaml: pretrain.mono={mono:g} is for the automatic colorizers; "
-                                "a guided "
-                             "entry (generator guided_unet) takes no mono inputs: set its pretrain.mono to 0")
+                                "a guided entry (generator guided_unet) takes no mono inputs: set its "
+                                "pretrain.mono to 0")
         cfg = hints.GuideConfig.from_params(entry.get("guide"))
         return lambda rgb, gen: hints.make_pair(rgb, gen, cfg)
     space = entry["color_space"]

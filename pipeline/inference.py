@@ -20,23 +20,36 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from pipeline import color, hints, weights
+from pipeline import color, hints, paths, weights
 from pipeline.colorizer import takes_hints
 from pipeline.decode import quantize
 from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.models import load_generator
+from pipeline.params import load_params
+from pipeline.report import model_entries
 from pipeline.tiling import count_tiles, tiled
 
-TASKS = {"colorize": ("colorize_models", "models/colorize", "colorization.json"),
-         "superres": ("superres_models", "models/superres", "superres.json")}
-NOT_MODELS = {"test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
-              "grey", "bounds", "guided", "bicubic", "nearest"}
-PHASES = ("finetuned", "pretrained")
+CHECKOUT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # for a project without its own
+PREFERRED = paths.PHASES[::-1]  # a model folder's finetuned.pt before its pretrained.pt
+
+
+class Best(NamedTuple):
+    """How ``best`` picks a task's model from its metrics file."""
+
+    key: str                       # the metric
+    better: Callable               # min or max
+    baseline: str                  # the metrics entry the choice is compared with
+    baseline_says: str             # its name in the line that says why
+
+
+BEST = {"colorize": Best("ab_l1", min, "grey", "the grey baseline (a*b = 0)"),
+        "superres": Best("psnr_rgb", max, "bicubic", "bicubic")}
 
 
 class ModelError(Exception):
@@ -63,22 +76,21 @@ class Loaded:
         return {**found, "release": self.release} if self.release else found
 
 
-def project_paths(project: Path, task: str) -> tuple[Path, Path]:
-    """(models folder, metrics file) of ``task`` from the project's params.yaml (defaults without it)."""
-    key, default, metrics_name = TASKS[task]
-    paths = {}
-    params_file = project / "params.yaml"
-    if params_file.is_file():
-        import yaml
-
-        paths = (yaml.safe_load(params_file.read_text()) or {}).get("paths", {}) or {}
-    return project / paths.get(key, default), project / paths.get("metrics", "metrics") / metrics_name
+def project_paths(project: Path) -> dict[str, Path]:
+    """The ``paths`` of the project's params.yaml, under ``project`` (``pipeline.paths`` builds its files
+    from them). A folder without params.yaml (models and metrics copied out) has this checkout's."""
+    own = project / "params.yaml"
+    try:
+        found = load_params(own if own.is_file() else CHECKOUT_PARAMS)["paths"]
+    except AstroganError:  # no checkout beside the package either
+        raise ModelError(f"{own}: not found; --project names the project root (with params.yaml)") from None
+    return {key: project / value for key, value in found.items()}
 
 
 def checkpoint_in(path: Path) -> Path:
     """A ``.pt`` file as is; a model folder -> its ``finetuned.pt``, else ``pretrained.pt``."""
     if path.is_dir():
-        for phase in PHASES:
+        for phase in PREFERRED:
             if (path / f"{phase}.pt").is_file():
                 return path / f"{phase}.pt"
         raise ModelError(f"{path}: no finetuned.pt or pretrained.pt in this folder")
@@ -89,30 +101,30 @@ def checkpoint_in(path: Path) -> Path:
 
 def default_model(project: Path, task: str) -> tuple[Path, str]:
     """The best checkpoint by the metrics of the last run, and a sentence saying why it was chosen."""
-    models, metrics_file = project_paths(project, task)
+    found = project_paths(project)
+    metrics_file = paths.metrics_file(found, task)
     hint = "run `make repro` first (or pass --model)"
     if not metrics_file.is_file():
         raise ModelError(f"no trained {task} model yet: {metrics_file} is missing; {hint}")
     metrics = json.loads(metrics_file.read_text())
-    key, better = ("ab_l1", min) if task == "colorize" else ("psnr_rgb", max)
-    scored = [(m[phase][key], name, phase) for name, m in metrics.items()
-              if name not in NOT_MODELS and isinstance(m, dict)
-              for phase in PHASES if isinstance(m.get(phase), dict) and m[phase].get(key) is not None
-              and (models / name / f"{phase}.pt").is_file()]
+    key, better, base, ref = BEST[task]
+    scored = [(m[phase][key], name, phase) for name, m in model_entries(metrics, task).items()
+              for phase in PREFERRED if isinstance(m.get(phase), dict) and m[phase].get(key) is not None
+              and paths.checkpoint(found, task, name, phase).is_file()]
     if not scored:
-        raise ModelError(f"no scored {task} checkpoint in {models} (metrics: {metrics_file}); {hint}")
+        raise ModelError(f"no scored {task} checkpoint in {paths.models_dir(found, task)} (metrics: "
+                         f"{metrics_file}); {hint}")
     value, name, phase = better(scored)
     why = f"{'lowest' if better is min else 'highest'} {key} {value:g} in {metrics_file}"
-    baseline = metrics.get("grey" if task == "colorize" else "bicubic", {}).get(key)
+    baseline = metrics.get(base, {}).get(key)
     if baseline is not None:
         beats = value < baseline if better is min else value > baseline
-        ref = "the grey baseline (a*b = 0)" if task == "colorize" else "bicubic"
         why += f"; {'beats' if beats else 'does NOT beat'} {ref} at {baseline:g}"
         at = metrics[name].get(f"{phase}_val_strength")
         if task == "colorize" and isinstance(at, dict) and at.get(key) is not None:
             verdict = "beats" if at[key] < baseline else "does NOT beat"
             why += f"; at its val-chosen strength {at.get('strength'):g}: {key} {at[key]:g}, {verdict} it"
-    return models / name / f"{phase}.pt", why
+    return paths.checkpoint(found, task, name, phase), why
 
 
 def _multiple(model: torch.nn.Module) -> int:
@@ -196,8 +208,11 @@ def default_strength(lm: Loaded, project: Path) -> tuple[float, str]:
     release = (lm.meta.get("card") or {}).get("release") or {}
     if release.get("strength") is not None:
         return float(release["strength"]), "chosen on the val tiles of its release run"
-    _, metrics_file = project_paths(project, "colorize")
-    if lm.path.suffix == ".pt" and metrics_file.is_file():
+    try:
+        metrics_file = paths.metrics_file(project_paths(project), "colorize")
+    except ModelError:  # no params.yaml to find the metrics by
+        metrics_file = None
+    if lm.path.suffix == ".pt" and metrics_file is not None and metrics_file.is_file():
         entry = json.loads(metrics_file.read_text()).get(lm.path.parent.name)
         chosen = entry.get(f"{lm.path.stem}_val_strength") if isinstance(entry, dict) else None
         if isinstance(chosen, dict) and "strength" in chosen:

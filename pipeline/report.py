@@ -17,11 +17,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.fsio import write_bytes_atomic
+from pipeline.paths import PHASES
 
-STAGES = ("pretrained", "finetuned")
 GRID_CELL = 128  # px per tile in the figure: 256 px tiles are halved to keep the PNG ~1 MB
+# The keys of colorization.json / superres.json that are not models (the others: {phase: metrics}).
 TOP_LEVEL = ("test_tiles", "test_images", "grey_tiles_skipped", "fid_reason", "colourfulness_truth",
              "grey", "bounds", "guided")
+SR_TOP_LEVEL = ("test_tiles", "test_images", "scale", "border", "fid_reason")
+SR_BASELINES = ("bicubic", "nearest")
+NOT_MODELS = {"colorize": TOP_LEVEL, "superres": (*SR_TOP_LEVEL, *SR_BASELINES)}
 PAPER = "paper (their data, undefined scale)"
 
 
@@ -70,6 +74,11 @@ Definitions (all on the same test tiles; "mean" is over all pixels of all test t
   they are not comparable to ours, only shown beside them."""
 
 
+def model_entries(metrics: dict, task: str) -> dict[str, dict]:
+    """The models of ``task``'s metrics dict, {name: {phase or other key: ...}}, in its order."""
+    return {name: m for name, m in metrics.items() if name not in NOT_MODELS[task] and isinstance(m, dict)}
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "n/a"
@@ -109,12 +118,10 @@ def _rows(metrics: dict, params: dict) -> tuple[Row, list[Row], list[PaperRow]]:
     zoo = params.get("colorize", {}).get("zoo", {})
     grey = Row("grey baseline (a\\*b\\* = 0)", "—", metrics["grey"], None)
     rows, used = [], set()
-    for name, stages in metrics.items():
-        if name in TOP_LEVEL or not isinstance(stages, dict):
-            continue
+    for name, stages in model_entries(metrics, "colorize").items():
         spec = zoo.get(name, {})
         space, family = spec.get("color_space", "?"), _family(spec.get("generator", "?"))
-        for stage in (s for s in STAGES if s in stages):
+        for stage in (s for s in PHASES if s in stages):
             paper = next((p for p in PAPER_ROWS if (p.family, p.space) == (family, space)
                           and p.stage in (None, stage) and p.label not in used), None)
             if paper is not None:
@@ -248,9 +255,7 @@ def _ranking(metrics: dict) -> str:
     with colourfulness against the truth's (Hasler & Suesstrunk)."""
     g, truth = metrics["grey"]["ab_l1"], metrics["colourfulness_truth"]
     body = []
-    for name, stages in metrics.items():
-        if name in TOP_LEVEL or not isinstance(stages, dict):
-            continue
+    for name, stages in model_entries(metrics, "colorize").items():
         for stage, m in stages.items():
             body.append((m["ab_l1"], [f"{name} ({stage})", _fmt(m.get("strength", 1.0)), _fmt(m["ab_l1"]),
                                       f"{m['ab_l1'] / g:.3f}" if g > 0 else "—", _fmt(m["colourfulness"]),
@@ -381,8 +386,6 @@ def save_grid(path: str | os.PathLike, columns: Sequence[tuple[str, torch.Tensor
 
 # --- super-resolution (paper section 4.2: Tables 6-7, Fig. 10) ----------------------------------
 
-SR_TOP_LEVEL = ("test_tiles", "test_images", "scale", "border", "fid_reason")
-SR_BASELINES = ("bicubic", "nearest")
 # The paper's Tables 6-7 by (our generator family, our stage). Their "pre-trained SRGAN" is a
 # published SRGAN checkpoint, not an L1-pretrained SRResNet: the match is by role, not by recipe.
 SR_PAPER = {
@@ -418,12 +421,10 @@ def _sr_rows(metrics: dict, params: dict) -> list[tuple[str, dict, tuple[str, di
     """(label, metrics, paper row or None): baselines first, then each model pretrained, finetuned."""
     zoo = params.get("superres", {}).get("zoo", {})
     rows = [(f"{b} (baseline)", metrics[b], None) for b in SR_BASELINES if b in metrics]
-    for name, stages in metrics.items():
-        if name in SR_TOP_LEVEL or name in SR_BASELINES or not isinstance(stages, dict):
-            continue
+    for name, stages in model_entries(metrics, "superres").items():
         family = zoo.get(name, {}).get("generator", name)
         rows += [(f"{name} ({stage})", stages[stage], SR_PAPER.get((family, stage)))
-                 for stage in STAGES if stage in stages]
+                 for stage in PHASES if stage in stages]
     return rows
 
 
@@ -496,8 +497,8 @@ def summary(colorization: dict, superres: dict, data: dict) -> dict:
     so only the model columns and the param show."""
     out: dict = {}
     grey = colorization["grey"]["ab_l1"]
-    scored = [(m["ab_l1"], name, stage, m) for name, stages in colorization.items()
-              if name not in TOP_LEVEL and isinstance(stages, dict) for stage, m in stages.items()]
+    scored = [(m["ab_l1"], name, stage, m) for name, stages in model_entries(colorization, "colorize").items()
+              for stage, m in stages.items()]
     if scored:
         best = min(scored, key=lambda t: t[0])[3]
         out["colorize"] = {"vs_grey": round(best["ab_l1"] / grey, 4) if grey else None,
@@ -510,8 +511,7 @@ def summary(colorization: dict, superres: dict, data: dict) -> dict:
         found = {"points10": ten.get("model_vs_grey"), "nearest10": ten.get("nearest_vs_grey"),
                  "ref": ref.get("model_vs_grey"), "palette": ref.get("palette_vs_grey")}
         out["guided"] = {k: v for k, v in found.items() if v is not None}
-    sr = [(m["psnr_y"], m) for name, stages in superres.items()
-          if name not in SR_TOP_LEVEL and isinstance(stages, dict) for m in stages.values()
+    sr = [(m["psnr_y"], m) for stages in model_entries(superres, "superres").values() for m in stages.values()
           if isinstance(m, dict) and "psnr_y" in m]
     if sr:
         psnr, best = max(sr, key=lambda t: t[0])

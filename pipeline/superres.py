@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +48,11 @@ class Degradation:
             raise AstroganError(f"params.yaml: superres scale {d.scale} must be >= 1 and degradation sigmas "
                                 f">= 0 (blur {d.blur_sigma}, noise {d.noise_sigma})")
         return d
+
+
+def card(deg: Degradation) -> dict:
+    """The facts an SR model's card (``train.finish``) starts with: RGB out, the task, how LR was made."""
+    return {"color_space": "rgb", "task": "superres", "scale": deg.scale, "degradation": asdict(deg)}
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

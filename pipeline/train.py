@@ -360,7 +360,6 @@ class Run:
     phase: str                              # pretrain | finetune
     G: nn.Module
     D: nn.Module | None
-    color_space: str
     images: torch.Tensor | list[torch.Tensor]
     run_hash: str                           # params_hash of phase params + data; guards the resume
     resume_path: Path
@@ -476,9 +475,8 @@ def _check_input(G: nn.Module, x: torch.Tensor, crop: int, run: Run) -> None:
     m = int(getattr(G, "input_multiple", 1) or 1)
     if x.shape[-1] % m or x.shape[-2] % m:
         raise AstroganError(f"params.yaml: the {crop} px crop of {run.name} ({run.phase}) is not a "
-                            "multiple of "
-                         f"{m}, its generator's input multiple; set {run.phase}.crop (or the zoo entry's "
-                         f"{run.phase}.crop) to a multiple of {m}")
+                            f"multiple of {m}, its generator's input multiple; set {run.phase}.crop (or "
+                            f"the zoo entry's {run.phase}.crop) to a multiple of {m}")
 
 
 def fit(run: Run, cfg: TrainConfig) -> dict[str, Any]:
@@ -594,12 +592,13 @@ def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: st
     """Write the generator checkpoint and its card (``<out>.card.json``, also inside the checkpoint),
     then drop the resume file. The card holds no timings (the same inputs give the same bytes): they
     go to ``<resume file>.timing.json`` and, as ``card["timing"]``, to the caller. ``card`` holds the
-    phase-specific facts; the common ones are added. On ranks other than 0 of a torchrun job, only
+    task's and the phase's facts, first the generator's output ``color_space`` (lab | rgb), which the
+    checkpoint keeps too; the common ones are added. On ranks other than 0 of a torchrun job, only
     returns the card (rank 0 writes)."""
     steps_run = result.get("steps_run", cfg.steps)
     validation = result.get("validation")
-    card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs,
-            "color_space": run.color_space, **card, "seed": cfg.seed, "steps": cfg.steps,
+    card = {"name": run.name, "phase": run.phase, "arch": arch, "arch_kwargs": arch_kwargs, **card,
+            "seed": cfg.seed, "steps": cfg.steps,
             "steps_run": steps_run, **({"validation": validation} if validation else {}),
             **({"time_limit_s": cfg.time_limit_s, "time_limited": True}
                if result.get("time_limited") else {}),
@@ -620,7 +619,7 @@ def finish(run: Run, cfg: TrainConfig, result: dict, *, out_path: Path, arch: st
     write_json_atomic(run.resume_path.with_suffix(".timing.json"),
                       {"name": run.name, "phase": run.phase, **timing})
     written = {k: v for k, v in card.items() if k != "timing"}
-    save_generator(out_path, run.G, arch=arch, arch_kwargs=arch_kwargs, color_space=run.color_space,
+    save_generator(out_path, run.G, arch=arch, arch_kwargs=arch_kwargs, color_space=card["color_space"],
                    step=validation["best_step"] if validation else steps_run, card=written)
     write_json_atomic(out_path.with_suffix(".card.json"), written)
     run.resume_path.unlink(missing_ok=True)

@@ -43,14 +43,12 @@ RUN = {"scrape", "natural", "dedup", "tile", "split", "pack", "sr_pretrain", "pr
 
 def set_dotted(params: dict, key: str, value) -> None:
     """``params[a][b][c] = value`` for ``key`` "a.b.c" (the key must exist, as with ``dvc exp run -S``)."""
-    node, parts = params, key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise AstroganError(f"--set/preset: {key!r}: {part!r} is not a section of params.yaml")
-        node = node[part]
-    if parts[-1] not in node:
-        raise AstroganError(f"--set/preset: {key!r} is not in params.yaml; check the spelling")
-    node[parts[-1]] = value
+    try:
+        dotted(params, key)
+    except KeyError as e:
+        raise AstroganError(f"--set/preset: {e.args[0]}; check the spelling") from None
+    parent, _, last = key.rpartition(".")
+    (dotted(params, parent) if parent else params)[last] = value
 
 
 def dvc_command(overrides: dict) -> str:

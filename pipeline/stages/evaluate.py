@@ -35,7 +35,8 @@ from pipeline.fsio import write_csv_atomic, write_json_atomic
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles, round_sig
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
-from pipeline.report import STAGES, TOP_LEVEL, save_grid
+from pipeline.paths import PHASES, checkpoint, figure, metrics_file
+from pipeline.report import NOT_MODELS, save_grid
 
 Key = tuple[str, str | None]  # (model name, stage); ("grey", None) is the baseline
 GREY: Key = ("grey", None)
@@ -70,13 +71,12 @@ def load_predictors(params: dict, device: torch.device) -> dict[Key, Callable]:
     """The grey baseline, then each model of ``colorize.pretrain`` / ``finetune`` (per name: pretrained,
     finetuned), as functions RGB (N, 3, H, W) in [0, 1] -> RGB in [0, 1] on ``device``."""
     preds: dict[Key, Callable] = {GREY: grey_baseline}
-    root = Path(params["paths"]["colorize_models"])
     lists = {"pretrained": params["colorize"]["pretrain"], "finetuned": params["colorize"]["finetune"]}
     for name in dict.fromkeys([*lists["pretrained"], *lists["finetuned"]]):
-        if name in TOP_LEVEL:
+        if name in NOT_MODELS["colorize"]:
             raise AstroganError(f"params.yaml: model name {name!r} clashes with a metrics key; rename it")
-        for stage in (s for s in STAGES if name in lists[s]):
-            model, meta = load_generator(root / name / f"{stage}.pt", device)
+        for stage in (s for s in PHASES if name in lists[s]):
+            model, meta = load_generator(checkpoint(params["paths"], "colorize", name, stage), device)
             preds[(name, stage)] = functools.partial(colorize_batch, model, color_space=meta["color_space"])
     return preds
 
@@ -126,7 +126,7 @@ def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device
     (name, phase) -> the val-chosen strength that the no-hint path is scored at."""
     e, lists = params["evaluate"], {"pretrained": params["colorize"]["pretrain"],
                                     "finetuned": params["colorize"]["finetune"]}
-    root, out = Path(params["paths"]["colorize_models"]), {}
+    out = {}
     counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
 
     def run(model, what: str, strength: float = 1.0) -> dict:
@@ -139,7 +139,7 @@ def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device
         for name in names:
             if not is_guided(params["colorize"]["zoo"][name]):
                 continue
-            model, _ = load_generator(root / name / f"{stage}.pt", device)
+            model, _ = load_generator(checkpoint(params["paths"], "colorize", name, stage), device)
             chosen = (strengths or {}).get((name, stage), 1.0)
             out[f"{name} ({stage})"] = run(model, f"{name} {stage}", chosen)
     if not out:
@@ -196,14 +196,13 @@ def main() -> None:
     write_guided_plot(Path(paths["metrics"]), metrics["guided"])
     print(f"evaluate: wrote {paths['metrics']}/plots/guided.csv")
     metrics = round_sig(metrics)
-    out = Path(paths["metrics"])
-    write_json_atomic(out / "colorization.json", metrics)
+    write_json_atomic(metrics_file(paths, "colorize"), metrics)
     columns = [("input (grey)", grid[GREY])]
     columns += [(f"{name}\n{stage}", grid[(name, stage)]) for name, stage in grid
                 if (name, stage) != GREY and not stage.endswith("_val_strength")]
     columns.append(("truth", tiles[:cfg.grid_samples].float() / 255.0))
-    size = save_grid(out / "figures" / "colorization_grid.png", columns)
-    print(f"evaluate: wrote {out}/colorization.json, figures/colorization_grid.png "
+    size = save_grid(figure(paths, "colorization_grid.png"), columns)
+    print(f"evaluate: wrote {metrics_file(paths, 'colorize')}, figures/colorization_grid.png "
           f"({size / 1e6:.2f} MB)")
 
 

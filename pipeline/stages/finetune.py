@@ -31,6 +31,7 @@ from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
+from pipeline.paths import checkpoint, plot, resume_file
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, phase_params, zoo_entry
 
 PHASE = "finetune"
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         if not len(val) and distributed.from_env().main:
             print(f"{val_data['split']}: no colour val tiles; no validation, finetuned.pt is the last step")
 
-    pretrained = Path(paths["colorize_models"]) / name / "pretrained.pt"
+    pretrained = checkpoint(paths, "colorize", name, "pretrained")
     G, meta = load_generator(pretrained)
     if (meta["arch"], meta["color_space"]) != (entry["generator"], entry["color_space"]):
         raise AstroganError(f"{pretrained}: is a {meta['arch']}/{meta['color_space']} model but colorize.zoo."
@@ -73,18 +74,19 @@ def main(argv: list[str] | None = None) -> None:
 
     read = phase_params(params, name, PHASE)
     terms, colour = colorizer.colour_objective(entry, tiles, G, resolve_device(cfg.device), None)
-    run = Run(name=name, phase=PHASE, G=G, D=D, color_space=entry["color_space"], images=tiles,
+    run = Run(name=name, phase=PHASE, G=G, D=D, images=tiles,
               objective=Objective(**terms),
               run_hash=params_hash({"params": read, "data": data}),
-              resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv", val_images=val,
+              resume_path=resume_file(paths, "colorize", name, PHASE), csv_path=plot(paths, PHASE, name),
+              val_images=val,
               make_pair=colorizer.pair_maker(entry),
               siblings=siblings_of(ids) if colorizer.is_guided(entry) else None,
-              val_csv_path=Path(paths["metrics"]) / "plots" / "val" / f"{name}.csv")
+              val_csv_path=plot(paths, "val", name))
     result = fit(run, cfg)
-    out = pretrained.with_name("finetuned.pt")
+    out = checkpoint(paths, "colorize", name, "finetuned")
     card = finish(run, cfg, result, out_path=out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"],
-                  card={"discriminator": d_card, "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
+                  card={"color_space": entry["color_space"], "discriminator": d_card,
+                        "gan_loss": cfg.gan_loss, "l1_weight": cfg.l1_weight,
                         **({"gp_weight": cfg.gp_weight} if cfg.gan_loss == "wgan-gp" else {}),
                         "encoder_weights": meta.get("card", {}).get("encoder_weights"),
                         "params": read, "data": data, **colour})

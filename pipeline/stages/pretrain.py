@@ -33,6 +33,7 @@ from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import MANIFEST, read_jsonl, sha256_file
 from pipeline.models import generator_class, out_channels
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
+from pipeline.paths import checkpoint, plot, resume_file
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, phase_params, zoo_entry
 
 PHASE = "pretrain"
@@ -98,18 +99,17 @@ def main(argv: list[str] | None = None) -> None:
 
     read = phase_params(params, name, PHASE)
     terms, colour = colorizer.colour_objective(entry, images, G, resolve_device(cfg.device), None)
-    space = entry["color_space"]
-    run = Run(name=name, phase=PHASE, G=G, D=None, color_space=space, images=images,
+    run = Run(name=name, phase=PHASE, G=G, D=None, images=images,
               run_hash=params_hash({"params": read, "data": data}),
-              resume_path=Path(paths["resume"]) / "colorize" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              resume_path=resume_file(paths, "colorize", name, PHASE), csv_path=plot(paths, PHASE, name),
               meta={"encoder_weights": encoder}, objective=Objective(**terms),
               make_pair=colorizer.pair_maker(entry, mono),
               siblings=siblings if colorizer.is_guided(entry) else None)
     result = fit(run, cfg)
-    out = Path(paths["colorize_models"]) / name / "pretrained.pt"
+    out = checkpoint(paths, "colorize", name, "pretrained")
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
-                  card={"encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
+                  card={"color_space": entry["color_space"],
+                        "encoder_weights": result["meta"]["encoder_weights"], "params": read, "data": data,
                         **colour})
     if result["main"]:
         print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_json_atomic, write_text_atomic
 from pipeline.params import load_params
+from pipeline.paths import figure, metrics_file
 from pipeline.report import render_report, render_superres_report, save_guided_plot, summary
 
 
@@ -25,9 +26,10 @@ def read_metrics(path: Path) -> dict:
 
 def main() -> None:
     params = load_params()
-    out = Path(params["paths"]["metrics"])
-    colorization = read_metrics(out / "colorization.json")
-    superres = read_metrics(out / "superres.json")
+    paths = params["paths"]
+    out = Path(paths["metrics"])
+    colorization = read_metrics(metrics_file(paths, "colorize"))
+    superres = read_metrics(metrics_file(paths, "superres"))
     text = render_report(colorization, params, sections=[render_superres_report(superres, params)])
     write_text_atomic(out / "report.md", text)
     dedup, tile = read_metrics(out / "data.dedup.json"), read_metrics(out / "data.tile.json")
@@ -35,7 +37,7 @@ def main() -> None:
             "test_tiles": colorization.get("test_tiles")}
     write_json_atomic(out / "summary.json", summary(colorization, superres, data))
     if colorization.get("guided"):
-        save_guided_plot(out / "figures" / "guided.png", colorization["guided"])
+        save_guided_plot(figure(paths, "guided.png"), colorization["guided"])
     print(f"report: wrote {out / 'report.md'}, {out / 'summary.json'}")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,8 @@ from pipeline.fsio import write_json_atomic
 from pipeline.metrics import mean_over_tiles, round_sig
 from pipeline.models import load_generator
 from pipeline.params import load_params, resolve_device, seed_everything
-from pipeline.report import GRID_CELL, SR_BASELINES, SR_TOP_LEVEL, STAGES, save_grid
+from pipeline.paths import PHASES, checkpoint, figure, metrics_file
+from pipeline.report import GRID_CELL, NOT_MODELS, save_grid
 
 Key = tuple[str, str | None]  # (model, stage) or (baseline, None)
 
@@ -51,14 +51,14 @@ def load_predictors(params: dict, scale: int, device: torch.device) -> dict[Key,
     (N, 3, scale h, scale w) in [0, 1]."""
     preds: dict[Key, Callable] = {("bicubic", None): functools.partial(superres.bicubic, scale=scale),
                                   ("nearest", None): functools.partial(superres.nearest, scale=scale)}
-    root = Path(params["paths"]["superres_models"])
     for name in params["superres"]["models"]:
-        if name in (*SR_TOP_LEVEL, *SR_BASELINES):
+        if name in NOT_MODELS["superres"]:
             raise AstroganError(f"params.yaml: SR model name {name!r} clashes with a metrics key; rename it")
-        for stage in STAGES:
-            model, meta = load_generator(root / name / f"{stage}.pt", device)
+        for stage in PHASES:
+            path = checkpoint(params["paths"], "superres", name, stage)
+            model, meta = load_generator(path, device)
             if meta.get("card", {}).get("task") != "superres" or meta["card"].get("scale") != scale:
-                raise AstroganError(f"{root / name / stage}.pt: not a x{scale} SR checkpoint; rerun "
+                raise AstroganError(f"{path}: not a x{scale} SR checkpoint; rerun "
                                     "sr_pretrain")
             preds[(name, stage)] = functools.partial(superres.upscale, model)
     return preds
@@ -132,13 +132,12 @@ def main() -> None:
         else:
             metrics.setdefault(name, {})[stage] = m
     metrics = round_sig(metrics)
-    out = Path(paths["metrics"])
-    write_json_atomic(out / "superres.json", metrics)
+    write_json_atomic(metrics_file(paths, "superres"), metrics)
     columns = [("input (LR,\nnearest)", panels["input"]), ("truth", panels["truth"]),
                ("bicubic", panels[("bicubic", None)])]
     columns += [(f"{name}\n{stage}", panels[(name, stage)]) for name, stage in predictors if stage]
-    size = save_grid(out / "figures" / "superres_grid.png", columns)
-    print(f"sr_evaluate: wrote {out}/superres.json, figures/superres_grid.png "
+    size = save_grid(figure(paths, "superres_grid.png"), columns)
+    print(f"sr_evaluate: wrote {metrics_file(paths, 'superres')}, figures/superres_grid.png "
           f"({size / 1e6:.2f} MB)")
 
 

@@ -14,7 +14,6 @@ and ``<paths.metrics>/plots/sr_finetune/<name>.csv``. Killed runs resume on reru
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import distributed, superres
@@ -22,6 +21,7 @@ from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import sha256_file
 from pipeline.models import discriminator_class, load_generator
 from pipeline.params import load_params, params_hash, resolve_device, seed_everything
+from pipeline.paths import checkpoint, plot, resume_file
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
 
 PHASE = "sr_finetune"
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     distributed.relaunch(cfg.nproc, __spec__.name, [name])
     tiles, data = superres.load_train_tiles(Path(paths["packed"]), cfg.crop, deg.scale)
 
-    pretrained = Path(paths["superres_models"]) / name / "pretrained.pt"
+    pretrained = checkpoint(paths, "superres", name, "pretrained")
     G, meta = load_generator(pretrained)
     want = (entry["generator"], superres.generator_kwargs(params, name))
     if (meta["arch"], meta["arch_kwargs"]) != want:
@@ -65,18 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     obj, perceptual = objective(params, resolve_device(cfg.device))
 
     read = superres.phase_params(params, name, PHASE)
-    run = Run(name=name, phase=PHASE, G=G, D=D, color_space="rgb", images=tiles,
+    run = Run(name=name, phase=PHASE, G=G, D=D, images=tiles,
               run_hash=params_hash({"params": read, "data": data, "perceptual": perceptual["used_weight"]}),
-              resume_path=Path(paths["resume"]) / "superres" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              resume_path=resume_file(paths, "superres", name, PHASE), csv_path=plot(paths, PHASE, name),
               make_pair=lambda rgb, gen: superres.make_pair(rgb, deg, gen), objective=obj)
     result = fit(run, cfg)
-    out = pretrained.with_name("finetuned.pt")
+    out = checkpoint(paths, "superres", name, "finetuned")
     card = finish(run, cfg, result, out_path=out, arch=meta["arch"], arch_kwargs=meta["arch_kwargs"],
-                  card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
-                        "discriminator": {"arch": d_arch, "kwargs": d_kwargs}, "gan_loss": cfg.gan_loss,
-                        "pixel_loss": obj.pixel_loss, "pixel_weight": obj.pixel_weight,
-                        "adversarial_weight": obj.adversarial_weight, "perceptual_loss": perceptual,
+                  card={**superres.card(deg), "discriminator": {"arch": d_arch, "kwargs": d_kwargs},
+                        "gan_loss": cfg.gan_loss, "pixel_loss": obj.pixel_loss,
+                        "pixel_weight": obj.pixel_weight, "adversarial_weight": obj.adversarial_weight,
+                        "perceptual_loss": perceptual,
                         "params": read, "data": data})
     if result["main"]:
         print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "

@@ -12,13 +12,13 @@ runs it under torchrun.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import distributed, superres
 from pipeline.errors import run_main
 from pipeline.models import generator_class
 from pipeline.params import load_params, params_hash, seed_everything
+from pipeline.paths import checkpoint, plot, resume_file
 from pipeline.train import Objective, Run, TrainConfig, finish, fit, pixel_loss_fn
 
 PHASE = "sr_pretrain"
@@ -41,17 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     arch, arch_kwargs = entry["generator"], superres.generator_kwargs(params, name)
     G = generator_class(arch)(**arch_kwargs)
     read = superres.phase_params(params, name, PHASE)
-    run = Run(name=name, phase=PHASE, G=G, D=None, color_space="rgb", images=tiles,
+    run = Run(name=name, phase=PHASE, G=G, D=None, images=tiles,
               run_hash=params_hash({"params": read, "data": data}),
-              resume_path=Path(paths["resume"]) / "superres" / name / f"{PHASE}.pt",
-              csv_path=Path(paths["metrics"]) / "plots" / PHASE / f"{name}.csv",
+              resume_path=resume_file(paths, "superres", name, PHASE), csv_path=plot(paths, PHASE, name),
               make_pair=lambda rgb, gen: superres.make_pair(rgb, deg, gen),
               objective=Objective(conditional=False, pixel_loss=pixel))
     result = fit(run, cfg)
-    out = Path(paths["superres_models"]) / name / "pretrained.pt"
+    out = checkpoint(paths, "superres", name, "pretrained")
     card = finish(run, cfg, result, out_path=out, arch=arch, arch_kwargs=arch_kwargs,
-                  card={"task": "superres", "scale": deg.scale, "degradation": asdict(deg),
-                        "pixel_loss": pixel, "params": read, "data": data})
+                  card={**superres.card(deg), "pixel_loss": pixel, "params": read, "data": data})
     if result["main"]:
         print(f"{out}: {card['steps_run']} steps in {card['timing']['wall_time_s']:.1f} s; "
               f"final {card['final_losses']}")
