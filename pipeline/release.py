@@ -101,14 +101,18 @@ def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Ten
 
 @torch.no_grad()
 def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor,
-                            strengths: tuple[float, ...], max_tiles: int = 256,
-                            faint: float = 0.2) -> tuple[float, dict]:
+                            strengths: tuple[float, ...], max_tiles: int = 256, faint: float = 0.2,
+                            images: list[str] | None = None, confidence: float = 0.95
+                            ) -> tuple[float, dict]:
     """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8) among those
-    that do no harm on faint images (``faint``), as the evaluate stage chooses it for the project's
-    models; and each strength's val a*b L1."""
+    that do no harm on faint images (``faint``, at ``confidence`` over the val ``images``: each tile's
+    image id), as the evaluate stage chooses it for the project's models (params ``evaluate.no_harm_*``);
+    and each strength's val a*b L1."""
+    pick = colorizer.spread(torch.arange(len(val)), max_tiles)
     return colorizer.choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
-                                     colorizer.spread(val, max_tiles), strengths, 8, torch.device("cpu"),
-                                     faint)
+                                     val[pick], strengths, 8, torch.device("cpu"), faint,
+                                     [images[int(i)] for i in pick] if images else None,
+                                     confidence if images else 0.0)
 
 
 def evaluate(name: str) -> dict:
@@ -131,11 +135,12 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     if meta["card"].get("task") != "colorize":
         raise weights.ReleaseError(f"release {name}: a strength is for colorize releases")
     space = meta["color_space"]
-    val, _ = read_packed(packed, "val", colour_only=True)
+    val, val_rows = read_packed(packed, "val", colour_only=True)
     test, rows = read_packed(packed, "test", colour_only=True)
     if not len(val) or not len(test):
         raise weights.ReleaseError(f"{packed}: no colour val or test tiles to choose and score a strength on")
-    strength, per = choose_release_strength(model, space, val, strengths)
+    strength, per = choose_release_strength(model, space, val, strengths,
+                                            images=[r["image_id"] for r in val_rows])
     run = evaluate_colorize(model, space, test, strength=float(strength))
     run["images"] = len({r["image_id"] for r in rows})
     if colorizer.takes_hints(model):  # guided colour on the same test tiles (pipeline.guided_eval)
@@ -144,7 +149,8 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     reg = weights.registry()
     entry = reg["models"][name]
     entry["strength"] = float(strength)
-    entry["strength_chosen_on"] = {"val_tiles": min(256, len(val)), "val_ab_l1_by_strength": per}
+    entry["strength_chosen_on"] = {"val_tiles": min(256, len(val)), "val_ab_l1_by_strength": per,
+                                   "no_harm_faint": 0.2, "no_harm_confidence": 0.95}
     entry["metrics"]["release_run_test"] = run
     entry["metrics"]["default_test"] = evaluate_colorize(model, space, default_test_tiles()[0],
                                                          strength=float(strength))  # = evaluate(name) now

@@ -221,3 +221,29 @@ def test_strength_choice_does_no_harm_on_faint_images():
     assert free == 0.5 and per["0.5"] < per["0"]
     safe, _ = choose_strength(predict, val, (0.0, 0.1, 0.25, 0.5, 1.0), 2, torch.device("cpu"), faint=0.2)
     assert safe == 0.1  # 2 * 0.1 = 0.2 of the truth: exactly the faint image's colour
+
+
+def test_strength_choice_with_confidence_guards_against_lucky_images():
+    """Three val images where a strength helps the faint truth and one where the prediction's hue is
+    wrong: on average the strength passes, but not at 95 % bootstrap confidence over the images, so a
+    smaller one is chosen. Without image ids the confidence rule is refused."""
+    from pipeline.colorizer import choose_strength
+
+    rgb = torch.zeros(8, 3, 16, 16)
+    rgb[:, 0], rgb[:, 1], rgb[:, 2] = 0.6, 0.4, 0.4          # a reddish truth, a* > 0
+    lab = color.rgb_to_lab(rgb)
+    sign = torch.tensor([1.0] * 6 + [-2.0] * 2)[:, None, None, None]   # the last image: wrong hue
+    val = (rgb * 255).round().to(torch.uint8)
+    images = ["a", "a", "b", "b", "c", "c", "d", "d"]
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        out = color.rgb_to_lab(x)
+        out[:, 1:] = lab[: len(x), 1:] * 0.2 * sign[: len(x)]
+        return color.lab_to_rgb(out)
+
+    args = (predict, val, (0.0, 0.5, 1.0), 8, torch.device("cpu"), 0.2)
+    mean_rule, _ = choose_strength(*args)
+    sure, _ = choose_strength(*args, images, 0.95)
+    assert mean_rule == 1.0 and sure < mean_rule
+    with pytest.raises(ValueError, match="image id"):
+        choose_strength(*args, None, 0.95)

@@ -52,13 +52,14 @@ class EvalConfig:
     strengths: tuple[float, ...] = ()   # a*b scales tried on the val tiles ("--strength" chosen there)
     val_max_tiles: int = 256            # at most this many val tiles (evenly spread) choose it
     faint: float = 0.2                  # no harm: the strength must not lose to grey on truth a*b * faint
+    confidence: float = 0.0             # ... at this bootstrap confidence over the val images
 
     @classmethod
     def from_params(cls, params: dict) -> EvalConfig:
         e = params["evaluate"]
         return cls(int(e["batch_size"]), int(e["grid_samples"]), int(e["fid_dims"]),
                    tuple(float(v) for v in e.get("strengths") or ()), int(e.get("val_max_tiles", 256)),
-                   float(e.get("no_harm_faint", 0.0)))
+                   float(e.get("no_harm_faint", 0.0)), float(e.get("no_harm_confidence", 0.0)))
 
 
 def colour_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -171,10 +172,12 @@ def main() -> None:
     tiles = load_tiles(paths["tiles"], [r["tile_id"] for r in rows])
     predictors = load_predictors(params, device)
     chosen, derived = {}, {}
-    val, _ = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
-    val = spread(val, cfg.val_max_tiles)
+    val, val_rows = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
+    pick = spread(torch.arange(len(val)), cfg.val_max_tiles)
+    val, val_images = val[pick] if len(val) else val, [val_rows[int(i)]["image_id"] for i in pick]
     for key in [k for k in predictors if k != GREY and len(val)]:
-        chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device, cfg.faint)
+        chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device, cfg.faint,
+                                      val_images, cfg.confidence, int(params["seed"]))
         derived[(key[0], f"{key[1]}_val_strength")] = (key, chosen[key][0])
     inception, reason = fid.fid_model(len(rows), cfg.fid_dims, device)
     results, grid, truth_colour = score(tiles, predictors, cfg, device, inception, derived)
