@@ -77,6 +77,25 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def read_csv_frame(path: str | os.PathLike):
+    """A CSV as a pandas DataFrame of strings, exactly as :func:`read_csv` reads it (no NaN, no
+    numbers: "NA" and "" stay text), so that :func:`write_frame_atomic` gives the same bytes back.
+    An empty file is an empty frame. pandas is imported here, not above: the CLI imports this module."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def write_frame_atomic(path: str | os.PathLike, frame) -> None:
+    """A DataFrame as CSV, byte for byte as :func:`write_csv_atomic` writes its rows (the csv
+    module's excel dialect: minimal quoting, CRLF line ends), without the index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\r\n")
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file; a torn last line (killed writer) is ignored, not fatal."""
     path = Path(path)

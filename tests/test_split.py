@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 
+import pandas as pd
 import pytest
 
 from pipeline.data import choose_test_images, image_hash
 from pipeline.errors import AstroganError
-from pipeline.fsio import write_csv_atomic
+from pipeline.fsio import read_csv_frame, write_csv_atomic, write_frame_atomic
 from pipeline.stages import split
-from pipeline.stages.split import assign_rows, split_rows
+from pipeline.stages.split import assign_rows
 
 FIELDS = ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
 
@@ -21,17 +22,33 @@ def rows_for(n_images: int, tiles_per_image: int = 3, prefix: str = "img") -> li
             for i in range(n_images) for t in range(tiles_per_image)]
 
 
+def tiles_for(n_images: int) -> pd.DataFrame:
+    return pd.DataFrame(rows_for(n_images), columns=FIELDS)
+
+
+def split_ids(tiles: pd.DataFrame, test_fraction: float, val_fraction: float = 0.0) -> dict[str, list[str]]:
+    """Each part's tile ids, in order."""
+    return {name: list(part["tile_id"])
+            for name, part in assign_rows(tiles, test_fraction, val_fraction).items()}
+
+
+def images(part: pd.DataFrame) -> set[str]:
+    return set(part["image_id"])
+
+
 def test_hash_is_sha256_fraction():
     h = image_hash("esahubble-heic0101a")
     assert 0 <= h < 1 and h == image_hash("esahubble-heic0101a") and h != image_hash("esahubble-heic0101b")
 
 
 def test_deterministic_and_no_image_straddles():
-    rows = rows_for(200)
-    train, test = split_rows(rows, 0.1)
-    assert (train, test) == split_rows(list(rows), 0.1)
-    tr, te = {r["image_id"] for r in train}, {r["image_id"] for r in test}
-    assert not tr & te and len(tr | te) == 200 and len(train) + len(test) == 600
+    tiles = tiles_for(200)
+    parts = assign_rows(tiles, 0.1, 0.0)
+    assert split_ids(tiles, 0.1) == split_ids(tiles_for(200), 0.1)
+    tr, te = images(parts["train"]), images(parts["test"])
+    assert parts["val"].empty and parts["train"].columns.tolist() == FIELDS
+    assert not tr & te and len(tr | te) == 200 and len(parts["train"]) + len(parts["test"]) == 600
+    assert list(parts["train"]["tile_id"]) == [t for t in tiles["tile_id"] if t.split("_")[0] in tr]  # order
     assert 8 <= len(te) <= 35  # ~10% of 200 images
     assert te == {i for i in tr | te if image_hash(i) < 0.1}
 
@@ -50,7 +67,7 @@ def test_empty_test_gets_the_smallest_hash():
 @pytest.mark.parametrize("n", [0, 1])
 def test_fewer_than_two_images_is_an_error(n):
     with pytest.raises(AstroganError, match="at least 2"):
-        split_rows(rows_for(n), 0.1)
+        assign_rows(tiles_for(n), 0.1, 0.0)
 
 
 def test_stage_writes_train_and_test_csv(project, capsys):
@@ -66,19 +83,29 @@ def test_stage_writes_train_and_test_csv(project, capsys):
 
 
 def test_val_is_carved_from_train_and_test_never_moves():
-    rows = rows_for(300)
-    train, test = split_rows(rows, 0.1)
-    parts = assign_rows(rows, 0.1, 0.1)
-    assert parts["test"] == test  # val changes nothing on the test side
-    tr, va = {r["image_id"] for r in parts["train"]}, {r["image_id"] for r in parts["val"]}
-    assert tr | va == {r["image_id"] for r in train} and not tr & va
+    tiles = tiles_for(300)
+    no_val = split_ids(tiles, 0.1)
+    parts = assign_rows(tiles, 0.1, 0.1)
+    assert list(parts["test"]["tile_id"]) == no_val["test"]  # val changes nothing on the test side
+    tr, va = images(parts["train"]), images(parts["val"])
+    assert tr | va == {t.split("_")[0] for t in no_val["train"]} and not tr & va
     assert va == {i for i in tr | va if 0.1 <= image_hash(i) < 0.2} and 10 <= len(va) <= 55
-    assert assign_rows(list(rows), 0.1, 0.1) == parts  # stable
+    assert split_ids(tiles_for(300), 0.1, 0.1) == split_ids(tiles, 0.1, 0.1)  # stable
     # adding images moves no existing image between train, val and test
-    more = assign_rows(rows_for(400), 0.1, 0.1)
+    more = assign_rows(tiles_for(400), 0.1, 0.1)
     for name in parts:
-        old = {r["image_id"] for r in parts[name]}
-        assert {r["image_id"] for r in more[name]} & {f"img{i}" for i in range(300)} == old
-    assert assign_rows(rows, 0.1, 0.0)["val"] == []
+        assert images(more[name]) & {f"img{i}" for i in range(300)} == images(parts[name])
+    assert no_val["val"] == []
     with pytest.raises(AstroganError, match="val_fraction"):
-        assign_rows(rows_for(5), 0.1, 0.95)
+        assign_rows(tiles_for(5), 0.1, 0.95)
+
+
+def test_frames_round_trip_csv_byte_for_byte(tmp_path):
+    rows = [{"tile_id": 'a,"b"', "image_id": " x ", "x": "NA", "y": "", "size": "0256", "content": "1e-4",
+             "grey": "0.50"}, *rows_for(2)]
+    write_csv_atomic(tmp_path / "a.csv", rows, FIELDS)
+    write_frame_atomic(tmp_path / "b.csv", read_csv_frame(tmp_path / "a.csv"))
+    assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
+    write_csv_atomic(tmp_path / "c.csv", [], FIELDS)  # header only, as an empty split
+    write_frame_atomic(tmp_path / "d.csv", read_csv_frame(tmp_path / "a.csv").iloc[:0])
+    assert (tmp_path / "d.csv").read_bytes() == (tmp_path / "c.csv").read_bytes()

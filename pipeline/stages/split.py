@@ -16,16 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline.data import choose_test_images, image_hash
 from pipeline.errors import AstroganError, run_main
-from pipeline.fsio import read_csv, write_csv_atomic
+from pipeline.fsio import read_csv_frame, write_frame_atomic
 from pipeline.params import load_params
 
-
-def split_rows(rows: list[dict], test_fraction: float) -> tuple[list[dict], list[dict]]:
-    """(train, test) tile rows, split by their ``image_id``; row order kept."""
-    test = choose_test_images({r["image_id"] for r in rows}, test_fraction)
-    return [r for r in rows if r["image_id"] not in test], [r for r in rows if r["image_id"] in test]
+PARTS = ("train", "val", "test")
 
 
 def choose_val_images(image_ids: set[str], test: set[str], test_fraction: float, val_fraction: float
@@ -38,18 +36,18 @@ def choose_val_images(image_ids: set[str], test: set[str], test_fraction: float,
     return val
 
 
-def assign_rows(rows: list[dict], test_fraction: float, val_fraction: float) -> dict[str, list[dict]]:
-    """{"train", "val", "test"} tile rows by ``image_id``; test exactly as :func:`split_rows`; order kept."""
-    ids = {r["image_id"] for r in rows}
-    test = choose_test_images(ids, test_fraction)
-    val = choose_val_images(ids, test, test_fraction, val_fraction)
-    return {"train": [r for r in rows if r["image_id"] not in test | val],
-            "val": [r for r in rows if r["image_id"] in val],
-            "test": [r for r in rows if r["image_id"] in test]}
+def assign_images(image_ids: set[str], test_fraction: float, val_fraction: float) -> dict[str, str]:
+    """{image_id: "train", "val" or "test"}: test by ``choose_test_images``, val from the rest."""
+    test = choose_test_images(image_ids, test_fraction)
+    val = choose_val_images(image_ids, test, test_fraction, val_fraction)
+    return {i: "test" if i in test else "val" if i in val else "train" for i in image_ids}
 
 
-def count_images(rows: list[dict]) -> int:
-    return len({r["image_id"] for r in rows})
+def assign_rows(tiles: pd.DataFrame, test_fraction: float, val_fraction: float) -> dict[str, pd.DataFrame]:
+    """{"train", "val", "test"}: the tiles (rows of tiles.csv) of each part's images; order kept."""
+    image_ids = tiles.get("image_id", pd.Series(dtype=str))  # no column: an empty tiles.csv
+    part = image_ids.map(assign_images(set(image_ids), test_fraction, val_fraction))
+    return {name: tiles[part == name] for name in PARTS}
 
 
 def main() -> None:
@@ -58,17 +56,16 @@ def main() -> None:
     tiles_csv = Path(paths["tiles"]) / "tiles.csv"
     if not tiles_csv.is_file():
         raise AstroganError(f"{tiles_csv}: missing; run `dvc repro tile` first")
-    rows = read_csv(tiles_csv)
-    fields = list(rows[0]) if rows else ["tile_id", "image_id", "x", "y", "size", "content", "grey"]
+    tiles = read_csv_frame(tiles_csv)
     sp = params["split"]
-    parts = assign_rows(rows, float(sp["test_fraction"]), float(sp.get("val_fraction", 0.0)))
+    parts = assign_rows(tiles, float(sp["test_fraction"]), float(sp.get("val_fraction", 0.0)))
     out = Path(paths["split"])
     for name, part in parts.items():
-        write_csv_atomic(out / f"{name}.csv", part, fields)
-    print("split: " + ", ".join(f"{name} {len(part)} tiles of {count_images(part)} images"
+        write_frame_atomic(out / f"{name}.csv", part)
+    print("split: " + ", ".join(f"{name} {len(part)} tiles of {part['image_id'].nunique()} images"
                                 for name, part in parts.items()))
-    if not parts["val"] and float(sp.get("val_fraction", 0.0)) > 0:
-        print(f"split: warning: no image's hash fell in the val range ({count_images(rows)} images, "
+    if parts["val"].empty and float(sp.get("val_fraction", 0.0)) > 0:
+        print(f"split: warning: no image's hash fell in the val range ({tiles['image_id'].nunique()} images, "
               f"split.val_fraction {sp['val_fraction']}): finetune runs without validation and keeps its "
               "last step; add images or raise split.val_fraction")
 
