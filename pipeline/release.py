@@ -101,14 +101,17 @@ def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Ten
 
 @torch.no_grad()
 def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor,
-                            strengths: tuple[float, ...], max_tiles: int = 256, faint: float = 0.2,
-                            images: list[str] | None = None, confidence: float = 0.95
+                            strengths: tuple[float, ...] | None = None, images: list[str] | None = None
                             ) -> tuple[float, dict]:
-    """The a*b scale with the lowest a*b L1 on ``max_tiles`` evenly spread val tiles (uint8) among those
-    that do no harm on faint images (``faint``, at ``confidence`` over the val ``images``: each tile's
-    image id), as the evaluate stage chooses it for the project's models (params ``evaluate.no_harm_*``);
-    and each strength's val a*b L1."""
-    pick = colorizer.spread(torch.arange(len(val)), max_tiles)
+    """The a*b scale with the lowest a*b L1 on evenly spread val tiles (uint8) among those that do no
+    harm on faint images (at a confidence over the val ``images``: each tile's image id), exactly as
+    the evaluate stage chooses it for the project's models: ``strengths`` (None: the repository's
+    params ``evaluate.strengths``), ``evaluate.val_max_tiles``, ``no_harm_faint`` and
+    ``no_harm_confidence`` from the repository's params.yaml; and each strength's val a*b L1."""
+    e = load_params(ROOT / "params.yaml")["evaluate"]
+    strengths = tuple(strengths or (float(v) for v in e["strengths"]))
+    faint, confidence = float(e.get("no_harm_faint", 0.0)), float(e.get("no_harm_confidence", 0.0))
+    pick = colorizer.spread(torch.arange(len(val)), int(e.get("val_max_tiles", 256)))
     return colorizer.choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
                                      val[pick], strengths, 8, torch.device("cpu"), faint,
                                      [images[int(i)] for i in pick] if images else None,
@@ -125,7 +128,7 @@ def evaluate(name: str) -> dict:
     return evaluate_colorize(model, meta["color_space"], tiles, strength=strength)
 
 
-def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
+def set_strength(name: str, packed: Path, strengths: tuple[float, ...] | None = None) -> dict:
     """Choose colorize release ``name``'s default a*b strength on the val split of its release run
     (``packed``: that run's pack stage output), score it on that run's test split and on
     ``default_test``, and record all of it in the registry entry (the weights file is unchanged).
@@ -149,8 +152,10 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...]) -> dict:
     reg = weights.registry()
     entry = reg["models"][name]
     entry["strength"] = float(strength)
-    entry["strength_chosen_on"] = {"val_tiles": min(256, len(val)), "val_ab_l1_by_strength": per,
-                                   "no_harm_faint": 0.2, "no_harm_confidence": 0.95}
+    e = load_params(ROOT / "params.yaml")["evaluate"]
+    entry["strength_chosen_on"] = {"val_tiles": min(int(e.get("val_max_tiles", 256)), len(val)),
+                                   "val_ab_l1_by_strength": per, "no_harm_faint": e.get("no_harm_faint"),
+                                   "no_harm_confidence": e.get("no_harm_confidence")}
     entry["metrics"]["release_run_test"] = run
     entry["metrics"]["default_test"] = evaluate_colorize(model, space, default_test_tiles()[0],
                                                          strength=float(strength))  # = evaluate(name) now
@@ -179,13 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("name")
     st.add_argument("packed", help="the release run's pack stage output (val.npy, test.npy)")
     st.add_argument("--strengths", type=float, nargs="+",
-                    default=[0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5])
+                    help="the a*b scales tried (default: params.yaml evaluate.strengths)")
     args = ap.parse_args(argv)
     if args.cmd == "evaluate":
         print(json.dumps(evaluate(args.name), indent=2))
         return
     if args.cmd == "strength":
-        entry = set_strength(args.name, Path(args.packed), tuple(args.strengths))
+        entry = set_strength(args.name, Path(args.packed), tuple(args.strengths or ()) or None)
         print(json.dumps({k: entry[k] for k in ("strength", "strength_chosen_on", "metrics")}, indent=2))
         return
     extra = {"command": args.command, "reproducible": args.reproducible, "data": json.loads(args.data),
