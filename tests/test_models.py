@@ -162,3 +162,34 @@ def test_colorize_cli_path_does_not_import_torchvision():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_unet_on_our_resnet18_trains_bit_for_bit_like_on_torchvisions():
+    """Autograd sums a tensor's gradients in the order the forward used it (a U-Net skip feeds a
+    block's two branches and the decoder), so the blocks must run torchvision's operations in its
+    order: three Adam steps of the U-Net on either encoder give the same weights, bit for bit."""
+    import copy
+
+    from torchvision.models import resnet18
+
+    from pipeline.models.resnet_unet import ResNet18UNet
+
+    torch.manual_seed(0)
+    ours = ResNet18UNet()
+    theirs = copy.deepcopy(ours)
+    tv = resnet18(weights=None)
+    for name in ("layer1", "layer2", "layer3"):
+        layer = copy.deepcopy(getattr(tv, name))
+        layer.load_state_dict(getattr(ours, name).state_dict())
+        setattr(theirs, name, layer)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1, torch.rand(2, 2, 32, 32, generator=gen) * 2 - 1)
+               for _ in range(3)]
+    for net in (ours, theirs):
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        for x, y in batches:
+            opt.zero_grad()
+            (net(x) - y).abs().mean().backward()
+            opt.step()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

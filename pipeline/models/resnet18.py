@@ -36,10 +36,14 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        # torchvision's order of operations, not just its maths: autograd sums the gradients of a
+        # tensor used several times (a U-Net skip, this block's two branches) in the order the
+        # forward pass used it, so another order changes the last bits of training
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        identity = x if self.downsample is None else self.downsample(x)
+        out += identity
+        return self.relu(out)
 
 
 class ResNet18(nn.Module):
