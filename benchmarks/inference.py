@@ -17,8 +17,8 @@ GPU too when there is one. Writes ``benchmarks/results/inference.json``.
 the default release colorizer (the guided one) at its default tiling, on a 1024 px grey image: no
 hints, 10 hints, a reference, both. Each case is timed in-process (the colorize path, as above) and
 as the whole command in a fresh process (Python start, model load and sha256 check, PNG decoding
-and encoding included), the median of ``--repeat`` runs. Writes
-``benchmarks/results/guided_inference.json``.
+and encoding included), the median of ``--repeat`` runs, beside ``python -c "import torch"`` timed
+the same way (the floor of any command). Writes ``benchmarks/results/guided_inference.json``.
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ def bench_guided(args: argparse.Namespace) -> dict:
     cases = {"none": {}, "hints_10": {"points": points}, "reference": {"reference": palette},
              "hints_10_and_reference": {"points": points, "reference": palette}}
     out = {"model": chosen, "image": "1024x1024", "tile": tile, "overlap": overlap, "cases": {}}
+    floor = []  # what no code of ours can remove: starting Python and importing torch
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        floor.append(time.perf_counter() - t0)
+    out["python_import_torch_s"] = round(statistics.median(floor), 3)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray((grey * 255).astype(np.uint8)).save(tmp / "in.png")

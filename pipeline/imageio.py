@@ -22,6 +22,9 @@ Image.MAX_IMAGE_PIXELS = None  # read_meta opens our own outputs, which may be l
 META_KEY = "astrogan"
 
 
+PNG_LEVEL = 3  # zlib level: on a 1 MP colorized image 0.13 s and 8 % larger than level 6 (0.36 s)
+
+
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -35,7 +38,7 @@ def encode_png16(a: np.ndarray, text: dict[str, str]) -> bytes:
     body = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))]
     body += [_png_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1", "replace"))
              for k, v in text.items()]
-    body.append(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
+    body.append(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), PNG_LEVEL)))
     return b"\x89PNG\r\n\x1a\n" + b"".join(body) + _png_chunk(b"IEND", b"")
 
 
@@ -56,7 +59,7 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, meta: dict) -> No
             info = PngImagePlugin.PngInfo()
             info.add_text(META_KEY, blob)
             info.add_text("Software", "astrogan")
-            Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info, compress_level=6)
+            Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info, compress_level=PNG_LEVEL)
         else:
             raise ValueError(f"{path}: output must be .png, .tif or .tiff")
 
