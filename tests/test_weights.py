@@ -234,7 +234,7 @@ def test_cli_best_and_other_tasks_use_the_project(released, tmp_path, capsys):
     assert "nope: no such model file or folder, nor a release in" in capsys.readouterr().err
 
 
-def test_cli_colorizes_with_a_release_at_its_training_crop(tmp_path, wdir, capsys):
+def test_cli_colorizes_with_a_release_at_the_default_tiling(tmp_path, wdir, capsys):
     ckpt, _ = checkpoint(tmp_path, "resnet18_unet")
     weights.export(ckpt, "tiny_col", wdir, task="colorize", extra=EXTRA)  # the only colorizer: the default
     img = tmp_path / "moon.png"
@@ -242,7 +242,8 @@ def test_cli_colorizes_with_a_release_at_its_training_crop(tmp_path, wdir, capsy
     assert cli.main(["colorize", str(img), "-o", str(tmp_path / "c.png"), "--project", str(tmp_path)]) == 0
     assert "model: release tiny_col (" in capsys.readouterr().err
     meta = read_meta(tmp_path / "c.png")
-    assert meta["tile"] == 96 and meta["release"] == "tiny_col"  # the card's crop travels with the file
+    # the default tiling: the card's crop (96) or the evaluate stage's 256 px, the larger
+    assert meta["tile"] == 256 and meta["overlap"] == 128 and meta["release"] == "tiny_col"
     assert np.asarray(Image.open(tmp_path / "c.png")).shape == (40, 50, 3)
 
 
