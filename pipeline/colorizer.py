@@ -168,6 +168,13 @@ def spread(tiles, n: int):
     return tiles[torch.linspace(0, len(tiles) - 1, n).long()]
 
 
+def spread_val(val: torch.Tensor, rows: Sequence[dict], n: int) -> tuple[torch.Tensor, list[str]]:
+    """At most ``n`` val tiles, evenly spread (:func:`spread`), with their image ids from their split
+    rows: what :func:`choose_strength` takes, for the evaluate stage and the release alike."""
+    pick = spread(torch.arange(len(val)), n)
+    return (val[pick] if len(val) else val), [rows[int(i)]["image_id"] for i in pick]
+
+
 @torch.no_grad()
 def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...], batch: int,
                     device: torch.device, faint: float = 0.0, images: Sequence[str] | None = None,
@@ -191,7 +198,8 @@ def choose_strength(fn: Callable, val: torch.Tensor, strengths: tuple[float, ...
         raise ValueError("choose_strength: confidence needs one image id per val tile")
     err = torch.zeros(len(strengths), dtype=torch.float64)
     ids = sorted(set(images)) if confidence > 0 else ["all"]
-    of = [ids.index(i) for i in images] if confidence > 0 else [0] * len(val)
+    index = {image: k for k, image in enumerate(ids)}
+    of = [index[i] for i in images] if confidence > 0 else [0] * len(val)
     weak = torch.zeros(len(ids), len(strengths), dtype=torch.float64)   # per image
     grey_weak = torch.zeros(len(ids), dtype=torch.float64)
     n = 0

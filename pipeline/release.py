@@ -100,22 +100,18 @@ def evaluate_colorize(model: torch.nn.Module, color_space: str, tiles: torch.Ten
 
 
 @torch.no_grad()
-def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor,
-                            strengths: tuple[float, ...] | None = None, images: list[str] | None = None
-                            ) -> tuple[float, dict]:
-    """The a*b scale with the lowest a*b L1 on evenly spread val tiles (uint8) among those that do no
-    harm on faint images (at a confidence over the val ``images``: each tile's image id), exactly as
-    the evaluate stage chooses it for the project's models: ``strengths`` (None: the repository's
-    params ``evaluate.strengths``), ``evaluate.val_max_tiles``, ``no_harm_faint`` and
-    ``no_harm_confidence`` from the repository's params.yaml; and each strength's val a*b L1."""
-    e = load_params(ROOT / "params.yaml")["evaluate"]
+def choose_release_strength(model: torch.nn.Module, color_space: str, val: torch.Tensor, rows: list[dict],
+                            e: dict, strengths: tuple[float, ...] | None = None) -> tuple[float, dict]:
+    """The a*b scale with the lowest a*b L1 on evenly spread val tiles (uint8; ``rows``: their split
+    rows) among those that do no harm on faint images at a confidence over their images, exactly as
+    the evaluate stage chooses it for the project's models, with ``e`` the repository's params
+    ``evaluate`` section (``strengths`` unless given, ``val_max_tiles``, ``no_harm_faint``,
+    ``no_harm_confidence``); and each strength's val a*b L1."""
     strengths = tuple(strengths or (float(v) for v in e["strengths"]))
+    val, images = colorizer.spread_val(val, rows, int(e.get("val_max_tiles", 256)))
     faint, confidence = float(e.get("no_harm_faint", 0.0)), float(e.get("no_harm_confidence", 0.0))
-    pick = colorizer.spread(torch.arange(len(val)), int(e.get("val_max_tiles", 256)))
     return colorizer.choose_strength(lambda rgb: colorizer.colorize_batch(model, rgb, color_space),
-                                     val[pick], strengths, 8, torch.device("cpu"), faint,
-                                     [images[int(i)] for i in pick] if images else None,
-                                     confidence if images else 0.0)
+                                     val, strengths, 8, torch.device("cpu"), faint, images, confidence)
 
 
 def evaluate(name: str) -> dict:
@@ -142,8 +138,8 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...] | None = 
     test, rows = read_packed(packed, "test", colour_only=True)
     if not len(val) or not len(test):
         raise weights.ReleaseError(f"{packed}: no colour val or test tiles to choose and score a strength on")
-    strength, per = choose_release_strength(model, space, val, strengths,
-                                            images=[r["image_id"] for r in val_rows])
+    e = load_params(ROOT / "params.yaml")["evaluate"]
+    strength, per = choose_release_strength(model, space, val, val_rows, e, strengths)
     run = evaluate_colorize(model, space, test, strength=float(strength))
     run["images"] = len({r["image_id"] for r in rows})
     if colorizer.takes_hints(model):  # guided colour on the same test tiles (pipeline.guided_eval)
@@ -152,7 +148,6 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...] | None = 
     reg = weights.registry()
     entry = reg["models"][name]
     entry["strength"] = float(strength)
-    e = load_params(ROOT / "params.yaml")["evaluate"]
     entry["strength_chosen_on"] = {"val_tiles": min(int(e.get("val_max_tiles", 256)), len(val)),
                                    "val_ab_l1_by_strength": per, "no_harm_faint": e.get("no_harm_faint"),
                                    "no_harm_confidence": e.get("no_harm_confidence")}

@@ -183,8 +183,8 @@ def test_unet_on_our_resnet18_trains_bit_for_bit_like_on_torchvisions():
         layer.load_state_dict(getattr(ours, name).state_dict())
         setattr(theirs, name, layer)
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1, torch.rand(2, 2, 32, 32, generator=gen) * 2 - 1)
-               for _ in range(3)]
+    batches = [(torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1,
+                torch.rand(2, 2, 32, 32, generator=gen) * 2 - 1) for _ in range(3)]
     for net in (ours, theirs):
         opt = torch.optim.Adam(net.parameters(), 1e-3)
         for x, y in batches:

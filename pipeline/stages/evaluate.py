@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline import colour_bounds, fid, guided_eval
-from pipeline.colorizer import choose_strength, colorize_batch, grey_baseline, is_guided, scale_ab, spread
+from pipeline.colorizer import choose_strength, colorize_batch, grey_baseline, is_guided, scale_ab, spread_val
 from pipeline.data import load_tiles, read_packed, read_split
 from pipeline.errors import AstroganError, run_main
 from pipeline.fsio import write_csv_atomic, write_json_atomic
@@ -173,8 +173,7 @@ def main() -> None:
     predictors = load_predictors(params, device)
     chosen, derived = {}, {}
     val, val_rows = read_packed(paths["packed"], "val", colour_only=True) if cfg.strengths else ([], [])
-    pick = spread(torch.arange(len(val)), cfg.val_max_tiles)
-    val, val_images = val[pick] if len(val) else val, [val_rows[int(i)]["image_id"] for i in pick]
+    val, val_images = spread_val(val, val_rows, cfg.val_max_tiles)
     for key in [k for k in predictors if k != GREY and len(val)]:
         chosen[key] = choose_strength(predictors[key], val, cfg.strengths, cfg.batch_size, device, cfg.faint,
                                       val_images, cfg.confidence, int(params["seed"]))
