@@ -75,10 +75,27 @@ def score(model: torch.nn.Module | None, tiles: torch.Tensor, image_ids: Sequenc
     """Guided-colour scores of ``model`` on uint8 tiles (N, 3, S, S) (module docstring); with no
     model, the baselines alone. ``auto_strength`` scales the model's a*b* with no hint (0 points and
     ``low_colour``), as ``astrogan colorize`` does with no hints (its default strength)."""
-    if model is not None:
+    models = {} if model is None else {"model": (model, auto_strength)}
+    found = score_models(models, tiles, image_ids, counts=counts, seed=seed, patch=patch,
+                         reference=reference, device=device, progress=progress)
+    return next(iter(found.values()))
+
+
+@torch.no_grad()
+def score_models(models: dict[str, tuple[torch.nn.Module, float]], tiles: torch.Tensor,
+                 image_ids: Sequence[str], *, counts: Sequence[int] = COUNTS, seed: int = 0, patch: int = 3,
+                 reference: bool = True, device: torch.device | str = "cpu", progress=None
+                 ) -> dict[str, dict]:
+    """:func:`score` of several models, name -> (model, auto_strength), in one pass over the tiles:
+    name -> what :func:`score` returns for it. The points, the references and the baselines are made
+    once, and each model colours a tile's guides in one batch. With no model: {"baselines": the
+    baselines alone}."""
+    for model, _ in models.values():
         model.eval()
-    by_count = {n: _Sum() for n in counts}
-    ref_sum, low = _Sum(), _Sum()
+    base = {n: _Sum() for n in counts}
+    mine = {name: {n: _Sum() for n in counts} for name in models}
+    ref_base, ref_mine = _Sum(), {name: _Sum() for name in models}
+    low = {name: _Sum() for name in models}
     refs = reference_rows(image_ids) if reference else [None] * len(tiles)
     for i in range(len(tiles)):
         rgb = tiles[i:i + 1].float().div(255.0)
@@ -87,55 +104,56 @@ def score(model: torch.nn.Module | None, tiles: torch.Tensor, image_ids: Sequenc
         h, w = L.shape[-2:]
         unit = hints.unit_of(h, w)
         grey = float(ab.abs().mean())
-
-        def run(guide: hints.Guide | None, L: torch.Tensor = L) -> torch.Tensor | None:
-            if model is None:
-                return None
-            x = hints.encode(L[0, 0], guide)[None].to(device)
-            return color.denormalize_ab(model(x).float().cpu())
-
-        def scores(pred: torch.Tensor | None, L: torch.Tensor = L, ab: torch.Tensor = ab, rgb=rgb) -> dict:
-            if pred is None:
-                return {}
-            return {"model": float((pred - ab).abs().mean()), "model_psnr": float(_psnr_rgb(L, pred, rgb))}
-
+        grey_psnr = float(_psnr_rgb(L, torch.zeros_like(ab), rgb))
+        guides = []
         for n in counts:
             gen = torch.Generator().manual_seed(seed + i)
             pts = hints.sample_points(lab[0], n, gen, where="uniform", patch=(patch, patch))
-            guide = hints.Guide(pts, hints.point_lightness(pts, L[0, 0]), None, unit)
-            pred = run(guide)
-            if n == 0 and pred is not None:
-                pred = pred * auto_strength
-            near, _ = hints.nearest(pts, guide.point_L, L[0, 0], (0, 0), unit)
-            by_count[n].add(**scores(pred), nearest=float((near[None] - ab).abs().mean()), grey=grey,
-                            nearest_psnr=float(_psnr_rgb(L, near[None], rgb)),
-                            grey_psnr=float(_psnr_rgb(L, torch.zeros_like(ab), rgb)))
-            if n == 0 and pred is not None:
-                low.add(model=float((pred - ab / 5).abs().mean()), grey=grey / 5)
+            guides.append(hints.Guide(pts, hints.point_lightness(pts, L[0, 0]), None, unit))
+            near, _ = hints.nearest(pts, guides[-1].point_L, L[0, 0], (0, 0), unit)
+            base[n].add(nearest=float((near[None] - ab).abs().mean()), grey=grey,
+                        nearest_psnr=float(_psnr_rgb(L, near[None], rgb)), grey_psnr=grey_psnr)
         j = refs[i]
         if j is not None:
             ref_lab = color.rgb_to_lab(tiles[j:j + 1].float().div(255.0))
             pal = hints.palette(ref_lab[..., ::4, ::4])[0]
-            guide = hints.Guide(torch.zeros(0, 5), torch.zeros(0), pal, unit)
-            pred = run(guide)
-            base = palette_baseline(ref_lab, L)
-            ref_sum.add(**scores(pred), palette=float((base - ab).abs().mean()), grey=grey,
-                        palette_psnr=float(_psnr_rgb(L, base, rgb)))
+            guides.append(hints.Guide(torch.zeros(0, 5), torch.zeros(0), pal, unit))
+            palette = palette_baseline(ref_lab, L)
+            ref_base.add(palette=float((palette - ab).abs().mean()), grey=grey,
+                         palette_psnr=float(_psnr_rgb(L, palette, rgb)))
+        if models:
+            x = torch.stack([hints.encode(L[0, 0], g) for g in guides]).to(device)
+        for name, (model, strength) in models.items():
+            preds = color.denormalize_ab(model(x).float().cpu())
+            for k, n in enumerate(counts):
+                pred = preds[k:k + 1] * strength if n == 0 else preds[k:k + 1]
+                mine[name][n].add(model=float((pred - ab).abs().mean()),
+                                  model_psnr=float(_psnr_rgb(L, pred, rgb)))
+                if n == 0:
+                    low[name].add(model=float((pred - ab / 5).abs().mean()), grey=grey / 5)
+            if j is not None:
+                pred = preds[-1:]
+                ref_mine[name].add(model=float((pred - ab).abs().mean()),
+                                   model_psnr=float(_psnr_rgb(L, pred, rgb)))
         if progress is not None:
             progress(1)
-    out = {"tiles": len(tiles), "patch": patch, "seed": seed, "auto_strength": auto_strength, "points": {}}
-    for n, acc in by_count.items():
-        m = acc.mean()
-        mine = {"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {}
-        out["points"][str(n)] = {**m, **mine, "nearest_vs_grey": _ratio(m["nearest"], m["grey"])}
-    if ref_sum.n:
-        m = ref_sum.mean()
-        out["reference"] = {**m, "tiles": ref_sum.n, "palette_vs_grey": _ratio(m["palette"], m["grey"]),
-                            **({"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {})}
-    if low.n:
-        m = low.mean()
-        out["low_colour"] = {**m, "model_vs_grey": _ratio(m["model"], m["grey"])}
-    return out
+    found = {}
+    for name in models or ["baselines"]:
+        strength = models[name][1] if models else 1.0
+        out = {"tiles": len(tiles), "patch": patch, "seed": seed, "auto_strength": strength, "points": {}}
+        for n in counts:
+            m = {**(mine[name][n].mean() if models else {}), **base[n].mean()}
+            ours = {"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {}
+            out["points"][str(n)] = {**m, **ours, "nearest_vs_grey": _ratio(m["nearest"], m["grey"])}
+        if ref_base.n:
+            m = {**(ref_mine[name].mean() if models else {}), **ref_base.mean()}
+            out["reference"] = {**m, "tiles": ref_base.n, "palette_vs_grey": _ratio(m["palette"], m["grey"]),
+                                **({"model_vs_grey": _ratio(m["model"], m["grey"])} if "model" in m else {})}
+        if models and low[name].n:
+            m = low[name].mean()
+            out["low_colour"] = {**m, "model_vs_grey": _ratio(m["model"], m["grey"])}
+        found[name] = out
+    return found
 
 
 def _ratio(a: float, b: float) -> float | None:

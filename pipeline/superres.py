@@ -15,9 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from pipeline.data import check_crop, images_sha256, packed_paths, read_packed
 from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.metrics import MIN_MSE, RGB, gaussian_kernel1d, l1_per_channel, l2_per_channel, psnr, ssim
+from pipeline.models import imagenet
 from pipeline.params import stage_params
 
 
@@ -112,13 +110,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _vgg19_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's VGG19 ImageNet weights via the weights API (torch hub cache first, then download)."""
-    from torchvision.models import VGG19_Weights
-
-    with contextlib.redirect_stdout(io.StringIO()) as said:  # keep hub's chatter only if it worked
-        state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
-    sys.stdout.write(said.getvalue())
-    return state
+    """torchvision's VGG19 ImageNet weights (torch hub cache first, then download; no torchvision import)."""
+    return imagenet.state_dict("VGG19_Weights.IMAGENET1K_V1")
 
 
 class VGGPerceptualLoss(nn.Module):

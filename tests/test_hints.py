@@ -200,6 +200,13 @@ def test_guided_entry_trains_through_both_stages_and_evaluates(tmp_path, monkeyp
     assert set(r["points"]) == {"0", "5"} and r["reference"]["tiles"] == 2
     assert r["points"]["0"]["nearest"] == r["points"]["0"]["grey"]
     assert r["points"]["5"]["nearest"] < r["points"]["5"]["grey"]
+    # several models in one pass (the evaluate stage): each scores as it does alone
+    P, _ = load_generator(root / "models/colorize/tiny_guided/pretrained.pt")
+    both = guided_eval.score_models({"p": (P, 0.5), "f": (G, 1.0)}, tiles, ["a", "a", "b"], counts=(0, 5))
+    assert both["f"] == r
+    assert both["p"] == guided_eval.score(P, tiles, ["a", "a", "b"], counts=(0, 5), auto_strength=0.5)
+    assert "model" not in guided_eval.score_models({}, tiles, ["a", "a", "b"], counts=(0, 5))["baselines"][
+        "points"]["5"]
 
 
 def test_strength_choice_does_no_harm_on_faint_images():

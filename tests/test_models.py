@@ -125,6 +125,20 @@ def test_decoder_upsample_equals_bilinear_interpolate_forward_and_backward(fmt, 
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 4), (33, 16)])
+def test_decoder_upsample_without_autograd_is_bit_for_bit_the_training_path(fmt, hw):
+    """Inference (no_grad) takes a 2.3x faster path: the same numbers, bit for bit, and layout."""
+    from pipeline.models.resnet_unet import upsample2x_bilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *hw).contiguous(memory_format=fmt)
+    train = upsample2x_bilinear(x.clone().requires_grad_()).detach()
+    with torch.no_grad():
+        fast = upsample2x_bilinear(x)
+    assert torch.equal(fast, train) and fast.stride() == train.stride()
+
+
 def test_resnet18_is_torchvision_resnet18_weight_for_weight_and_rng_for_rng():
     """Our torchvision-free ResNet-18 (the CLI's start-up without torchvision) holds the same
     random weights under one seed, leaves the generator in the same state, computes the same
@@ -162,6 +176,37 @@ def test_colorize_cli_path_does_not_import_torchvision():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_imagenet_urls_are_torchvisions():
+    """The weights are fetched without torchvision; the files must stay the ones its enums name."""
+    from torchvision.models import ResNet18_Weights, VGG19_Weights
+
+    from pipeline.models import imagenet
+
+    for enum in (ResNet18_Weights.IMAGENET1K_V1, VGG19_Weights.IMAGENET1K_V1):
+        assert imagenet.URLS[imagenet.name_of(enum)] == enum.url
+
+
+def test_imagenet_encoder_offline_does_not_import_torchvision(tmp_path):
+    """A training stage asks for ImageNet weights; finding them unavailable offline must not cost
+    torchvision's import (2.4 s per stage here)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, torch.hub\n"
+            "def no_network(*a, **k):\n"
+            "    import urllib.error\n"
+            "    raise urllib.error.URLError('offline (test)')\n"
+            "torch.hub.download_url_to_file = no_network\n"
+            "from pipeline.models.resnet_unet import ResNet18UNet\n"
+            "G = ResNet18UNet(encoder_weights='imagenet')\n"
+            "tv = sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision')\n"
+            "print(G.encoder_weights_used, tv)\n")
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "random []", out.stdout + out.stderr
 
 
 def test_unet_on_our_resnet18_trains_bit_for_bit_like_on_torchvisions():

@@ -127,25 +127,17 @@ def score_guided(params: dict, tiles: torch.Tensor, image_ids: list[str], device
     (name, phase) -> the val-chosen strength that the no-hint path is scored at."""
     e, lists = params["evaluate"], {"pretrained": params["colorize"]["pretrain"],
                                     "finetuned": params["colorize"]["finetune"]}
-    out = {}
-    counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
-
-    def run(model, what: str, strength: float = 1.0) -> dict:
-        with tqdm(total=len(tiles), desc=f"guided {what}", unit="tile") as bar:
-            return guided_eval.score(model, tiles, image_ids, counts=counts, seed=int(params["seed"]),
-                                     patch=int(e.get("guided_patch", 3)), auto_strength=strength,
-                                     device=device, progress=bar.update)
-
+    models = {}
     for stage, names in lists.items():
         for name in names:
-            if not is_guided(params["colorize"]["zoo"][name]):
-                continue
-            model, _ = load_generator(checkpoint(params["paths"], "colorize", name, stage), device)
-            chosen = (strengths or {}).get((name, stage), 1.0)
-            out[f"{name} ({stage})"] = run(model, f"{name} {stage}", chosen)
-    if not out:
-        out["baselines"] = run(None, "baselines")
-    return out
+            if is_guided(params["colorize"]["zoo"][name]):
+                model, _ = load_generator(checkpoint(params["paths"], "colorize", name, stage), device)
+                models[f"{name} ({stage})"] = (model, (strengths or {}).get((name, stage), 1.0))
+    counts = [int(n) for n in e.get("guided_points", guided_eval.COUNTS)]
+    with tqdm(total=len(tiles), desc=f"guided {', '.join(models) or 'baselines'}", unit="tile") as bar:
+        return guided_eval.score_models(models, tiles, image_ids, counts=counts, seed=int(params["seed"]),
+                                        patch=int(e.get("guided_patch", 3)), device=device,
+                                        progress=bar.update)
 
 
 def write_guided_plot(metrics_dir: Path, guided: dict) -> None:
