@@ -214,11 +214,15 @@ def _bits(choice: str, source_bits: int) -> int:
 
 def _tiling(args: argparse.Namespace, lm: inf.Loaded) -> str | None:
     """Fill in --tile/--overlap defaults; return an error message if they do not fit together."""
-    tile, overlap = inf.default_tiling(lm)
-    if args.tile is None:
-        args.tile = tile
-    if args.overlap is None:  # the default's share of the tile
-        args.overlap = args.tile * overlap // tile
+    if args.tile is None or args.overlap is None:
+        try:
+            tile, overlap = inf.default_tiling(lm)
+        except ModelError as e:
+            return str(e)
+        if args.tile is None:
+            args.tile = tile
+        if args.overlap is None:  # the default's share of the tile
+            args.overlap = args.tile * overlap // tile
     if not 0 <= args.overlap <= args.tile // 2:
         return f"--overlap {args.overlap} must be between 0 and tile/2 ({args.tile // 2})"
     return None

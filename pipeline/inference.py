@@ -15,6 +15,7 @@ Both stream finished strips into a preallocated uint8/uint16 array: memory stays
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable
@@ -313,23 +314,34 @@ def upscale_image(lm: Loaded, data: np.ndarray, *, tile: int = 64, overlap: int 
     return out
 
 
-EVAL_TILE = 256  # px: the test tiles the evaluate stage scores colorizers on (params ``tile.size``)
+@functools.lru_cache(maxsize=1)
+def eval_tile() -> int | None:
+    """Params ``tile.size`` of this checkout: the test tiles the evaluate stage (and a release's test
+    split) scores colorizers on. None in an install without a checkout."""
+    try:
+        return int(load_params(CHECKOUT_PARAMS)["tile"]["size"])
+    except AstroganError:
+        return None
 
 
 def default_tiling(lm: Loaded) -> tuple[int, int]:
     """The default (tile, overlap) in input px of ``astrogan colorize`` / ``upscale`` and ``serve``.
 
-    Colorizers: tiles of the training crop from the model's card, or 256 px (the tile size the
-    evaluate stage scores at, so what the metrics measured) when that is larger. Overlap: half a
-    tile, which hides that a colorizer paints by position in its tile; a guided model needs only a
-    quarter, because its colour is the hints' and the reference's, which do not depend on the tile
-    (their propagation is computed over the whole image) plus a small learned correction: on five
-    esahubble images of 1 MP, overlap 64 instead of 128 at 256 px tiles moved a*b* by 0.00-0.05 CIE
-    units on average, with and without hints, and it halves the work. Upscalers: 64 px tiles,
-    overlap 8."""
+    Colorizers: tiles of the training crop from the model's card, or of params ``tile.size`` (the
+    tile size the evaluate stage scores at, so what the metrics measured) when that is larger.
+    Overlap: half a tile, which hides that a colorizer paints by position in its tile; a guided model
+    needs only a quarter, because its colour is the hints' and the reference's, which do not depend
+    on the tile (their propagation is computed over the whole image) plus a small learned
+    correction: on five esahubble images of 1 MP, overlap 64 instead of 128 at 256 px tiles moved
+    a*b* by 0.00-0.05 CIE units on average, with and without hints, and it halves the work.
+    Upscalers: 64 px tiles, overlap 8."""
     if lm.task != "colorize":
         return 64, 8
-    tile = max(int((lm.meta.get("card") or {}).get("crop") or EVAL_TILE), EVAL_TILE)
+    sizes = [int(v) for v in ((lm.meta.get("card") or {}).get("crop"), eval_tile()) if v]
+    if not sizes:
+        raise ModelError(f"{lm.path}: no training crop in its card and no params.yaml beside the "
+                         "package; give --tile")
+    tile = max(sizes)
     return tile, tile // 4 if takes_hints(lm.model) else tile // 2
 
 

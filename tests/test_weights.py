@@ -3,6 +3,7 @@ and the ``astrogan`` command using them by default. Tiny real generators, a temp
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
 
@@ -245,6 +246,33 @@ def test_cli_colorizes_with_a_release_at_the_default_tiling(tmp_path, wdir, caps
     # the default tiling: the card's crop (96) or the evaluate stage's 256 px, the larger
     assert meta["tile"] == 256 and meta["overlap"] == 128 and meta["release"] == "tiny_col"
     assert np.asarray(Image.open(tmp_path / "c.png")).shape == (40, 50, 3)
+
+
+def test_default_tiling_reads_the_tile_size_from_params(tmp_path, wdir, monkeypatch):
+    """The evaluate stage's tile size is params ``tile.size`` of the checkout, not a copy of it; an
+    install without params.yaml tiles by the card's crop, and with neither the CLI asks for --tile."""
+    from pipeline import inference as inf
+
+    ckpt, _ = checkpoint(tmp_path, "resnet18_unet")
+    weights.export(ckpt, "tiny_col", wdir, task="colorize", extra=EXTRA)
+    lm, _ = inf.load_release_model("tiny_col", "colorize", torch.device("cpu"))
+    params = tmp_path / "params.yaml"
+    monkeypatch.setattr(inf, "CHECKOUT_PARAMS", params)
+    for text, want in (("tile: {size: 320, stride: 320, min_content: 0.05}\n", (320, 160)), (None, (96, 48))):
+        if text:
+            params.write_text(text)
+        else:
+            params.unlink()
+        inf.eval_tile.cache_clear()
+        assert inf.default_tiling(lm) == want
+    monkeypatch.setitem(lm.meta["card"], "crop", None)
+    with pytest.raises(inf.ModelError, match="no training crop in its card and no params.yaml"):
+        inf.default_tiling(lm)
+    args = argparse.Namespace(tile=None, overlap=None)
+    assert "give --tile" in cli._tiling(args, lm)
+    args = argparse.Namespace(tile=128, overlap=16)
+    assert cli._tiling(args, lm) is None and (args.tile, args.overlap) == (128, 16)
+    inf.eval_tile.cache_clear()
 
 
 def test_cli_refuses_a_corrupt_release(released, tmp_path, capsys):
