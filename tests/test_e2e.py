@@ -30,7 +30,9 @@ TINY = {
     "pretrain": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1},
     "finetune": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2, "log_every": 1,
                  "eval_every": 2, "patience": 1},
-    "colorize": {"zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}},  # a per-entry override
+    # the paper's four Table 1 models: resnet18_rgb is one -S away from the default (README)
+    "colorize": {"pretrain": ["resnet18_lab", "resnet18_rgb", "unet_rgb", "resnet18_lab_guided"],
+                 "zoo": {"resnet18_rgb": {"pretrain": {"steps": 3}},  # a per-entry override
                          "resnet18_lab_guided": {"pretrain": {"crop": 64}, "finetune": {"crop": 128}}}},
     "evaluate": {"batch_size": 8, "grid_samples": 2, "guided_points": [0, 2, 10]},
     "sr_pretrain": {"steps": 4, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
