@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,24 +32,11 @@ from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.models import load_generator
 from pipeline.params import load_params
-from pipeline.report import model_entries
+from pipeline.report import BEST, model_entries
 from pipeline.tiling import count_tiles, tiled
 
 CHECKOUT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # for a project without its own
 PREFERRED = paths.PHASES[::-1]  # a model folder's finetuned.pt before its pretrained.pt
-
-
-class Best(NamedTuple):
-    """How ``best`` picks a task's model from its metrics file."""
-
-    key: str                       # the metric
-    better: Callable               # min or max
-    baseline: str                  # the metrics entry the choice is compared with
-    baseline_says: str             # its name in the line that says why
-
-
-BEST = {"colorize": Best("ab_l1", min, "grey", "the grey baseline (a*b = 0)"),
-        "superres": Best("psnr_rgb", max, "bicubic", "bicubic")}
 
 
 class ModelError(Exception):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -485,10 +486,25 @@ def render_superres_report(metrics: dict, params: dict) -> str:
     ])
 
 
+class Best(NamedTuple):
+    """How a task's best model is picked from its metrics: ``astrogan ... --model best`` and the
+    headline numbers of :func:`summary` use the same rule."""
+
+    key: str                       # the metric
+    better: Callable               # min or max
+    baseline: str                  # the metrics entry the choice is compared with
+    baseline_says: str             # its name in the line that says why
+
+
+BEST = {"colorize": Best("ab_l1", min, "grey", "the grey baseline (a*b = 0)"),
+        "superres": Best("psnr_rgb", max, "bicubic", "bicubic")}
+
+
 def summary(colorization: dict, superres: dict, data: dict) -> dict:
     """The headline numbers DVC tracks (``metrics/summary.json``; ``dvc exp show`` / ``dvc metrics
     diff``): per task the best model against its baseline (``colorize.vs_grey``: a*b* L1 over the
-    grey image's; ``sr.gain_db``: PSNR-Y over bicubic), guided colour's a*b* L1 over grey with 10
+    grey image's; ``sr.gain_db``: PSNR-Y over bicubic of the model ``--model best`` picks by RGB
+    PSNR, :data:`BEST`), guided colour's a*b* L1 over grey with 10
     points and with a reference beside the non-learned baselines (``guided.points10`` /
     ``nearest10``, ``guided.ref`` / ``palette``), FID where it could be computed, and the data
     counts. Numbers only (the names of the best models are in report.md); the detailed tables stay
@@ -511,11 +527,12 @@ def summary(colorization: dict, superres: dict, data: dict) -> dict:
         found = {"points10": ten.get("model_vs_grey"), "nearest10": ten.get("nearest_vs_grey"),
                  "ref": ref.get("model_vs_grey"), "palette": ref.get("palette_vs_grey")}
         out["guided"] = {k: v for k, v in found.items() if v is not None}
-    sr = [(m["psnr_y"], m) for stages in model_entries(superres, "superres").values() for m in stages.values()
-          if isinstance(m, dict) and "psnr_y" in m]
+    key, better = BEST["superres"].key, BEST["superres"].better  # the model `--model best` upscales with
+    sr = [(m[key], m) for stages in model_entries(superres, "superres").values() for m in stages.values()
+          if isinstance(m, dict) and key in m and "psnr_y" in m]
     if sr:
-        psnr, best = max(sr, key=lambda t: t[0])
-        out["sr"] = {"gain_db": round(psnr - superres["bicubic"]["psnr_y"], 4),
+        _, best = better(sr, key=lambda t: t[0])
+        out["sr"] = {"gain_db": round(best["psnr_y"] - superres["bicubic"]["psnr_y"], 4),
                      **({"fid": best["fid"]} if best.get("fid") is not None else {})}
     out["data"] = {k: v for k, v in data.items() if v is not None}
     return out

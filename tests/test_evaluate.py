@@ -260,3 +260,15 @@ def test_strength_is_chosen_on_val_and_scored_on_test(project):
     assert ab["oracle_image_lookup"] <= ab["oracle_image_constant"]
     assert "### How far colour can come from grey on these tiles" in text
     assert "oracle: each test image's true median" in text
+
+
+def test_summary_headlines_the_models_the_cli_picks():
+    """summary.json's SR gain is that of the model `astrogan upscale --model best` picks (highest RGB
+    PSNR, report.BEST), in PSNR-Y over bicubic; colour is the lowest a*b* L1 over grey's."""
+    colorization = {"grey": {"ab_l1": 8.0}, "a": {"pretrained": {"ab_l1": 9.0}, "finetuned": {"ab_l1": 6.0}}}
+    superres = {"bicubic": {"psnr_y": 30.0, "psnr_rgb": 28.0},
+                "x": {"pretrained": {"psnr_y": 31.0, "psnr_rgb": 28.5}},   # best on Y
+                "z": {"finetuned": {"psnr_y": 30.5, "psnr_rgb": 29.0}}}    # best on RGB: the CLI's
+    out = report.summary(colorization, superres, {"images": 3})
+    assert out["colorize"] == {"vs_grey": 0.75} and out["sr"] == {"gain_db": 0.5}
+    assert out["data"] == {"images": 3} and report.BEST["superres"].key == "psnr_rgb"
