@@ -180,12 +180,12 @@ def test_colorize_cli_path_does_not_import_torchvision():
 
 def test_imagenet_urls_are_torchvisions():
     """The weights are fetched without torchvision; the files must stay the ones its enums name."""
-    from torchvision.models import ResNet18_Weights, VGG19_Weights
+    from torchvision.models import ResNet18_Weights, ResNet50_Weights, VGG19_Weights
 
     from pipeline.models import imagenet
 
-    for enum in (ResNet18_Weights.IMAGENET1K_V1, VGG19_Weights.IMAGENET1K_V1):
-        assert imagenet.URLS[imagenet.name_of(enum)] == enum.url
+    enums = (ResNet18_Weights.IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2, VGG19_Weights.IMAGENET1K_V1)
+    assert {f"{type(e).__name__}.{e.name}": e.url for e in enums} == imagenet.URLS
 
 
 def test_imagenet_encoder_offline_does_not_import_torchvision(tmp_path):

@@ -17,24 +17,17 @@ import torch
 
 URLS = {
     "ResNet18_Weights.IMAGENET1K_V1": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "ResNet50_Weights.IMAGENET1K_V2": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
     "VGG19_Weights.IMAGENET1K_V1": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
 }
 
 
-def state_dict(weights) -> dict[str, torch.Tensor]:
-    """The state dict of ``weights``: a name of :data:`URLS` (no torchvision import) or a torchvision
-    weights enum. Torch hub cache first, then the download. Raises what the download raises."""
+def state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of weights ``name`` (a key of :data:`URLS`, torchvision's enum member name).
+    Torch hub cache first, then the download. Raises what the download raises."""
     # torch.hub announces a download on stdout; keep that only when it worked, so an offline run
     # prints just the caller's one-line notice.
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        if isinstance(weights, str):
-            state = torch.hub.load_state_dict_from_url(URLS[weights], progress=False, weights_only=True)
-        else:
-            state = weights.get_state_dict(progress=False, weights_only=True)
+        state = torch.hub.load_state_dict_from_url(URLS[name], progress=False, weights_only=True)
     sys.stdout.write(said.getvalue())
     return state
-
-
-def name_of(weights) -> str:
-    """"ResNet18_Weights.IMAGENET1K_V1" for that name or for the torchvision enum member."""
-    return weights if isinstance(weights, str) else f"{type(weights).__name__}.{weights.name}"

@@ -5,8 +5,9 @@ weights ... with last few layers clipped off", producing a grid of logits as pix
 torchvision's ResNet-50 (He et al. 2016) with ``avgpool`` and ``fc`` removed (and ``layer4`` too when
 ``cut_layer4``, for a finer grid), ``conv1`` adapted to ``in_channels`` (its RGB filters summed over
 their inputs, averaged and repeated for more than one channel), and a 1x1 conv to one logit per
-cell. ImageNet weights (``ResNet50_Weights.IMAGENET1K_V2``) come through the torchvision weights
-API; offline, random init with one printed line, recorded in ``weights_used`` / ``weights_reason``.
+cell. ImageNet weights (``ResNet50_Weights.IMAGENET1K_V2``) come through the torch hub cache
+(``pipeline.models.imagenet``); offline, random init with one printed line, recorded in
+``weights_used`` / ``weights_reason``.
 
 Conditional: callers feed ``cat([input, output], dim=1)``. Input (N, in_channels, H, W) in [-1, 1],
 H and W divisible by 32 (16 with ``cut_layer4``); output logits (N, 1, H/32, W/32) (8x8 at 256 px),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import resnet50
 
 from pipeline.models.resnet_unet import adapt_conv1, load_imagenet
 
@@ -39,7 +40,7 @@ class ResNet50Patch(nn.Module):
         net = resnet50(weights=None)
         self.weights_used, self.weights_reason = "random", "not requested"
         if weights == "imagenet":
-            self.weights_used, self.weights_reason = load_imagenet(net, ResNet50_Weights.IMAGENET1K_V2,
+            self.weights_used, self.weights_reason = load_imagenet(net, "ResNet50_Weights.IMAGENET1K_V2",
                                                                    "discriminator")
         net.conv1 = adapt_conv1(net.conv1, in_channels)
         layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]

@@ -23,17 +23,17 @@ from pipeline.models.resnet18 import ResNet18
 STRIDE = 16  # the encoder's total downsampling: inputs must be multiples of it
 
 
-def load_imagenet(net: nn.Module, weights, what: str) -> tuple[str, str]:
+def load_imagenet(net: nn.Module, weights: str, what: str) -> tuple[str, str]:
     """Load ``weights`` (a name of ``pipeline.models.imagenet.URLS`` such as
-    ``"ResNet18_Weights.IMAGENET1K_V1"``, fetched without torchvision, or a torchvision weights enum)
-    into ``net``; returns (used, reason).
+    ``"ResNet18_Weights.IMAGENET1K_V1"``, fetched without torchvision) into ``net``; returns
+    (used, reason).
 
     used is "imagenet", or "random" when the weights cannot be had (offline, proxy, corrupt cache),
     in which case ONE line ``<what> weights: imagenet unavailable (<reason>); using random init`` is
     printed and ``net`` keeps its random init. Shared by every model with an ImageNet backbone."""
     try:
         net.load_state_dict(imagenet.state_dict(weights))
-        return "imagenet", f"torchvision {imagenet.name_of(weights)}"
+        return "imagenet", f"torchvision {weights}"
     except Exception as e:  # offline, proxy, corrupt cache: all mean "no pretrained weights"
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
         print(f"{what} weights: imagenet unavailable ({reason}); using random init")
