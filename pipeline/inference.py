@@ -31,11 +31,10 @@ from pipeline.decode import quantize
 from pipeline.errors import AstroganError
 from pipeline.fsio import sha256_file
 from pipeline.models import load_generator
-from pipeline.params import load_params
+from pipeline.params import CHECKOUT_PARAMS, load_params
 from pipeline.report import BEST, model_entries
 from pipeline.tiling import count_tiles, tiled
 
-CHECKOUT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # for a project without its own
 PREFERRED = paths.PHASES[::-1]  # a model folder's finetuned.pt before its pretrained.pt
 
 

@@ -27,18 +27,17 @@ from pipeline import colorizer, guided_eval, superres, weights
 from pipeline.data import choose_test_images, load_rgb, read_packed
 from pipeline.errors import run_main
 from pipeline.metrics import colorization_tile_metrics, colourfulness, mean_over_tiles
-from pipeline.params import load_params
+from pipeline.params import CHECKOUT_PARAMS, load_params
 from pipeline.sources.embedded import VENDORED
 from pipeline.tileset import TileConfig, scored_tiles
 
-ROOT = Path(__file__).resolve().parents[1]
 EXTRA_IDS = ("skimage-hubble_deep_field",)          # the embedded source's other image
 
 
 def default_test_tiles() -> tuple[torch.Tensor, list[str]]:
     """The default run's test tiles as uint8 (N, 3, 256, 256) and their tile ids, from the repo."""
     records = [json.loads(line) for line in (VENDORED / "manifest.jsonl").read_text().splitlines() if line]
-    params = load_params(ROOT / "params.yaml")  # the repository's defaults: what `make repro` cuts
+    params = load_params(CHECKOUT_PARAMS)  # the repository's defaults: what `make repro` cuts
     cfg, test_fraction = TileConfig.from_params(params), float(params["split"]["test_fraction"])
     test = choose_test_images({r["id"] for r in records} | set(EXTRA_IDS), test_fraction)
     tiles, ids = [], []
@@ -138,7 +137,7 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...] | None = 
     test, rows = read_packed(packed, "test", colour_only=True)
     if not len(val) or not len(test):
         raise weights.ReleaseError(f"{packed}: no colour val or test tiles to choose and score a strength on")
-    e = load_params(ROOT / "params.yaml")["evaluate"]
+    e = load_params(CHECKOUT_PARAMS)["evaluate"]
     strength, per = choose_release_strength(model, space, val, val_rows, e, strengths)
     run = evaluate_colorize(model, space, test, strength=float(strength))
     run["images"] = len({r["image_id"] for r in rows})

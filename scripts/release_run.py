@@ -36,7 +36,7 @@ from pipeline.errors import AstroganError, run_main
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.params import dotted, dvc_stages  # noqa: E402
+from pipeline.params import CHECKOUT_PARAMS, dotted, dvc_stages, read_yaml  # noqa: E402
 
 RUN = {"scrape", "natural", "dedup", "tile", "split", "pack", "sr_pretrain", "pretrain", "finetune"}
 
@@ -139,7 +139,7 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_yaml(CHECKOUT_PARAMS.read_text())
     for key, value in overrides.items():
         set_dotted(params, key, value)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

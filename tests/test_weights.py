@@ -313,3 +313,31 @@ def test_info_lists_releases_and_prints_a_card(released, tmp_path, capsys):
 def test_info_with_no_registry_says_what_is_used(wdir, capsys):
     assert cli.main(["info"]) == 0
     assert "no release weights in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch,kwargs,cin", [
+    ("edsr", SR_KWARGS, 3), ("wdsr", SR_KWARGS, 3), ("srresnet", SR_KWARGS, 3),
+    ("resnet18_unet", {**COLOR_KWARGS, "encoder_weights": None}, 1),
+    ("unet", {"out_channels": 3, "num_feat": 8, "depth": 3}, 1),
+    ("guided_unet", {"encoder_weights": None, "decoder_channels": [16, 8, 8, 8], "factor": 2}, 10),
+    ("ab_classifier", {"backbone_kwargs": {"decoder_channels": [16, 8, 8, 8]}, "grid": 20.0}, 1),
+])
+def test_a_release_is_built_without_initialising_what_the_file_replaces(arch, kwargs, cin, tmp_path):
+    """Release models are built with torch.nn.init's fills off (weights._no_random_init) and then take
+    the file's tensors: the model is exactly the one the tensors describe, a file that lacks a tensor
+    is refused, and the fills are back afterwards."""
+    torch.manual_seed(0)
+    G = generator_class(arch)(**kwargs)
+    G.train()(torch.rand(2, cin, 64, 64))  # BatchNorm statistics off their defaults
+    state = {k: v.clone() for k, v in G.state_dict().items()}
+    H = weights._build({"arch": arch, "arch_kwargs": kwargs}, state, tmp_path / "x.safetensors").eval()
+    assert not any(t.is_meta for t in (*H.parameters(), *H.buffers()))
+    assert H.state_dict().keys() == state.keys()
+    x = torch.rand(1, cin, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(H(x), G.eval()(x))
+    with pytest.raises(weights.ReleaseError, match="do not fit"):
+        weights._build({"arch": arch, "arch_kwargs": kwargs}, dict(list(state.items())[1:]), tmp_path / "y")
+    w = torch.zeros(4, 4)
+    torch.nn.init.normal_(w)
+    assert w.abs().sum() > 0, "torch.nn.init is restored"
