@@ -254,3 +254,26 @@ def test_strength_choice_with_confidence_guards_against_lucky_images():
     assert mean_rule == 1.0 and sure < mean_rule
     with pytest.raises(ValueError, match="image id"):
         choose_strength(*args, None, 0.95)
+
+
+def test_the_learned_reference_study_starts_from_the_palette(tmp_path):
+    """scripts/reference_learned.py: its models start as the reference palette rendered through L*
+    (their gain is measured from there), and its features hold that palette where it says."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts/reference_learned.py"
+    spec = importlib.util.spec_from_file_location("reference_learned", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    gen = torch.Generator().manual_seed(0)
+    lab = color.rgb_to_lab(torch.rand(3, 3, 32, 32, generator=gen))
+    ref = color.rgb_to_lab(torch.rand(3, 3, 32, 32, generator=gen))
+    x, at_L = study.features(lab, ref)
+    assert torch.allclose(at_L, hints.render(hints.palette(ref), lab[:, 0]) / color.AB_SCALE)
+    assert torch.equal(x[:, study.PALETTE_CHANNELS], at_L)
+    for kind in ("mlp", "cnn"):
+        model = study.make(kind, x.shape[1])
+        assert torch.equal(model(x), at_L)
+        y = lab[:, 1:] / color.AB_SCALE
+        assert study.ratio(model, x, y) == study.ratio(None, x, y)
