@@ -271,7 +271,9 @@ def test_the_learned_reference_study_starts_from_the_palette(tmp_path):
     ref = color.rgb_to_lab(torch.rand(3, 3, 32, 32, generator=gen))
     x, at_L = study.features(lab, ref)
     assert torch.allclose(at_L, hints.render(hints.palette(ref), lab[:, 0]) / color.AB_SCALE)
-    assert torch.equal(x[:, study.PALETTE_CHANNELS], at_L)
+    assert x.shape[1] == len(study.INPUTS["all"])
+    for cols in study.INPUTS.values():
+        assert torch.equal(x[:, cols][:, study.PALETTE_CHANNELS], at_L)
     for kind in ("mlp", "cnn"):
         model = study.make(kind, x.shape[1])
         assert torch.equal(model(x), at_L)
