@@ -38,22 +38,15 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_study import blur  # noqa: E402  (the study this one extends)
 
 from pipeline import color, guided_eval, hints  # noqa: E402
 from pipeline.data import read_packed  # noqa: E402
 from pipeline.fsio import write_json_atomic  # noqa: E402
 
 FACTOR = 4
-
-
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (N, 1, H, W), reflect padding."""
-    k = int(3 * sigma) * 2 + 1
-    t = torch.arange(k, dtype=torch.float32) - k // 2
-    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    y = F.conv2d(F.pad(x, (k // 2,) * 4, mode="reflect"), g.view(1, 1, 1, k))
-    return F.conv2d(y, g.view(1, 1, k, 1))
 
 
 def features(lab: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
