@@ -411,6 +411,9 @@ def _headline(entry: dict) -> str:
     guided = (run.get("guided") or {}).get("points", {}).get("10")
     if guided:
         parts.append(f"10 hints {guided['model_vs_grey']:.3f}x")
+    reference = (run.get("guided") or {}).get("reference")
+    if reference:
+        parts.append(f"a reference {reference['model_vs_grey']:.3f}x")
     return "; ".join(parts)
 
 

@@ -277,6 +277,15 @@ def guidance(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(x[:, 9:10], has_hint * near)
 
 
+def reference_gate(x: torch.Tensor) -> torch.Tensor:
+    """Where a reference's palette is what a guided model paints (N, 1, H, W) in [0, 1]: 1 with a
+    reference and no hint near, falling to 0 at a hint (as :func:`prior` weighs them); 0 with no
+    reference."""
+    has_hint = (x[:, 6:7] < 1).float()
+    near = (1 - x[:, 6:7]).clamp(min=0) ** 8
+    return x[:, 9:10] * (1 - has_hint * near)
+
+
 def prior(x: torch.Tensor) -> torch.Tensor:
     """The non-learned guided colour (N, 2, H, W), a*b* / 110, that a guided generator corrects:
     near a hint, the nearest hint's colour; far from every hint (or with none), the reference's

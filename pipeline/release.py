@@ -3,6 +3,8 @@
     python -m pipeline.release export superres models/superres/edsr/pretrained.pt edsr_x4_esahubble \\
         --run-metrics metrics/superres.json --run-model edsr --command "..." --default
     python -m pipeline.release evaluate edsr_x4_esahubble      # re-evaluate a release, print JSON
+    python -m pipeline.release strength resnet18_lab_guided_esahubble run/data/packed
+    python -m pipeline.release reference-head resnet18_lab_guided_esahubble run/data/packed --epochs 20
 
 "Our test tiles" (``default_test``) are the default run's test tiles, rebuilt from the repository
 alone: the vendored ESA/Hubble images that ``split`` sends to test (by the hash of their id), cut
@@ -157,6 +159,54 @@ def set_strength(name: str, packed: Path, strengths: tuple[float, ...] | None = 
     return entry
 
 
+def add_reference_head(name: str, packed: Path, epochs: int = 20, width: int = 64, seed: int = 0) -> dict:
+    """Give guided colorize release ``name`` a reference head (``GuidedUNet(reference_head=width)``)
+    trained alone on the train pairs of its release run (``packed``; ``pipeline.reference_head``), the
+    epoch chosen on val; re-export it (the other tensors unchanged, so its automatic and hint paths
+    are too) with the head's record in its card and the command appended, then re-score it on that
+    run (:func:`set_strength`). A release that has a head already gets a new one."""
+    from pipeline.models.guided_unet import GuidedUNet
+    from pipeline.reference_head import train_head
+
+    old, meta = weights.load_release(name)
+    entry = meta["card"]["release"]
+    if not isinstance(old, GuidedUNet):
+        raise weights.ReleaseError(f"release {name}: a reference head is for guided colorizers (guided_unet)")
+    kwargs = {**entry["arch_kwargs"], "reference_head": int(width)}
+    with weights._no_random_init():
+        model = GuidedUNet(**{**kwargs, "encoder_weights": None})
+    torch.manual_seed(seed)
+    model.reference_head = type(model.reference_head)(int(width), model.factor)  # a seeded, random start
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("reference_head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("reference_head.") for k in missing):
+        raise weights.ReleaseError(f"release {name}: its tensors do not fit a guided U-Net "
+                                   f"({unexpected or missing})")
+    record = train_head(model, packed, epochs, seed)
+    record["packed"] = str(packed)
+    card = {**entry["card"], "params": entry.get("params") or {}, "data": entry["data"],
+            "device": entry.get("device"), "steps_run": entry.get("steps"), "reference_head": record}
+    command = entry["command"].split("; then python -m pipeline.release reference-head")[0]
+    command += (f"; then python -m pipeline.release reference-head {name} <that run's data/packed> "
+                f"--epochs {epochs} --width {width} --seed {seed}")
+    reproducible = entry["reproducible"].split(" The reference head:")[0].rstrip(".") + "."
+    reproducible += (" The reference head: trained alone afterwards on the CPU, seeded, from features "
+                     "computed once; the rest of the weights are unchanged")
+    extra = {"command": command, "reproducible": reproducible, "data": entry["data"],
+             "default": bool(entry.get("default")), "metrics": entry.get("metrics") or {},
+             **{k: entry[k] for k in ("strength", "strength_chosen_on") if k in entry}}
+    blob = {"state_dict": model.state_dict(), "arch": entry["arch"], "arch_kwargs": kwargs,
+            "color_space": entry["color_space"], "step": entry.get("step"), "card": card}
+    folder = weights.weights_dir()
+    tmp = folder / f".{name}.reference-head.pt"
+    try:
+        torch.save(blob, tmp)
+        weights.export(tmp, name, task="colorize", extra=extra)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return set_strength(name, packed)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -179,7 +229,19 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("packed", help="the release run's pack stage output (val.npy, test.npy)")
     st.add_argument("--strengths", type=float, nargs="+",
                     help="the a*b scales tried (default: params.yaml evaluate.strengths)")
+    rh = sub.add_parser("reference-head", help="train a guided colorize release's reference head alone on "
+                        "its run's train pairs and re-export it")
+    rh.add_argument("name")
+    rh.add_argument("packed", help="the release run's pack stage output (train, val and test .npy)")
+    rh.add_argument("--epochs", type=int, default=20)
+    rh.add_argument("--width", type=int, default=64, help="the head's hidden width")
+    rh.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.cmd == "reference-head":
+        entry = add_reference_head(args.name, Path(args.packed), args.epochs, args.width, args.seed)
+        print(json.dumps({"reference_head": {k: v for k, v in entry["card"]["reference_head"].items()
+                                             if k != "curve"}, "metrics": entry["metrics"]}, indent=2))
+        return
     if args.cmd == "evaluate":
         print(json.dumps(evaluate(args.name), indent=2))
         return
