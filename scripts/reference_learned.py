@@ -21,6 +21,10 @@ evaluate stage scores (``full_resolution``), what the release paints and that pl
 model's correction upsampled.
 
     python scripts/reference_learned.py data/packed --out docs/reference_learned.json
+
+The ``--inputs guided`` MLP is now in the product: ``GuidedUNet(reference_head=64)``
+(``pipeline/models/guided_unet.py``), trained alone for the release by ``python -m pipeline.release
+reference-head`` (``docs/colour_study.md``, "The reference head in the product").
 """
 
 from __future__ import annotations
