@@ -413,7 +413,7 @@ def _headline(entry: dict) -> str:
         parts.append(f"10 hints {guided['model_vs_grey']:.3f}x")
     reference = (run.get("guided") or {}).get("reference")
     if reference:
-        parts.append(f"a reference {reference['model_vs_grey']:.3f}x")
+        parts.append(f"reference {reference['model_vs_grey']:.3f}x")
     return "; ".join(parts)
 
 
