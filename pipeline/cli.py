@@ -408,11 +408,10 @@ def _headline(entry: dict) -> str:
         ratio = m.get("ab_l1_vs_grey_at_strength", m.get("ab_l1_vs_grey"))
         if ratio is not None:
             parts.append(f"{label}: a*b* L1 {ratio:.3f}x grey")
-    guided = (run.get("guided") or {}).get("points", {}).get("10")
-    if guided:
-        parts.append(f"10 hints {guided['model_vs_grey']:.3f}x")
-    reference = (run.get("guided") or {}).get("reference")
-    if reference:
+    guided = run.get("guided") or {}
+    if ten := guided.get("points", {}).get("10"):
+        parts.append(f"10 hints {ten['model_vs_grey']:.3f}x")
+    if reference := guided.get("reference"):
         parts.append(f"reference {reference['model_vs_grey']:.3f}x")
     return "; ".join(parts)
 

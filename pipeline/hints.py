@@ -269,11 +269,16 @@ def automatic(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _hint_weight(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 where the image has hints, the nearest hint's weight exp(-distance / 0.25): 1 at a hint,
+    1/e at 0.25 units), each (N, 1, H, W), from the guided input's distance channel."""
+    return (x[:, 6:7] < 1).float(), (1 - x[:, 6:7]).clamp(min=0) ** 8
+
+
 def guidance(x: torch.Tensor) -> torch.Tensor:
     """How much each pixel's colour is given (N, 1, H, W) in [0, 1]: 1 with a reference, else the
     nearest hint's weight exp(-distance / 0.25); 0 with no guidance."""
-    has_hint = (x[:, 6:7] < 1).float()
-    near = (1 - x[:, 6:7]).clamp(min=0) ** 8
+    has_hint, near = _hint_weight(x)
     return torch.maximum(x[:, 9:10], has_hint * near)
 
 
@@ -281,8 +286,7 @@ def reference_gate(x: torch.Tensor) -> torch.Tensor:
     """Where a reference's palette is what a guided model paints (N, 1, H, W) in [0, 1]: 1 with a
     reference and no hint near, falling to 0 at a hint (as :func:`prior` weighs them); 0 with no
     reference."""
-    has_hint = (x[:, 6:7] < 1).float()
-    near = (1 - x[:, 6:7]).clamp(min=0) ** 8
+    has_hint, near = _hint_weight(x)
     return x[:, 9:10] * (1 - has_hint * near)
 
 
@@ -291,9 +295,8 @@ def prior(x: torch.Tensor) -> torch.Tensor:
     near a hint, the nearest hint's colour; far from every hint (or with none), the reference's
     palette where one was given; else grey. With hints and no reference, the nearest hint's colour
     everywhere (docs/design.md's propagation)."""
-    has_hint = (x[:, 6:7] < 1).float()
+    has_hint, near = _hint_weight(x)
     has_ref = x[:, 9:10]
-    near = (1 - x[:, 6:7]).clamp(min=0) ** 8   # exp(-distance / 0.25): 1 at a hint, 1/e at 0.25 units
     w = has_hint * (has_ref * near + (1 - has_ref))
     return w * x[:, 4:6] + (1 - w) * has_ref * x[:, 7:9]
 

@@ -165,7 +165,7 @@ def add_reference_head(name: str, packed: Path, epochs: int = 80, width: int = 6
     epoch chosen on val; re-export it (the other tensors unchanged, so its automatic and hint paths
     are too) with the head's record in its card and the command appended, then re-score it on that
     run (:func:`set_strength`). A release that has a head already gets a new one."""
-    from pipeline.models.guided_unet import GuidedUNet
+    from pipeline.models.guided_unet import GuidedUNet, ReferenceHead
     from pipeline.reference_head import train_head
 
     old, meta = weights.load_release(name)
@@ -176,7 +176,7 @@ def add_reference_head(name: str, packed: Path, epochs: int = 80, width: int = 6
     with weights._no_random_init():
         model = GuidedUNet(**{**kwargs, "encoder_weights": None})
     torch.manual_seed(seed)
-    model.reference_head = type(model.reference_head)(int(width), model.factor)  # a seeded, random start
+    model.reference_head = ReferenceHead(int(width), model.factor)  # seeded (the one above is uninitialised)
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("reference_head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("reference_head.") for k in missing):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline import hints
+from pipeline import color, hints
 from pipeline.models.resnet_unet import ResNet18UNet
 
 
@@ -66,7 +66,7 @@ class ReferenceHead(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, FEATURES, H / factor, W / factor): L* / 100 and blurred thrice, the local contrast, the
         palette at L* (a*b* / 110), the tile's mean (/ 100) and spread (/ 50) of L*."""
-        L = F.avg_pool2d((x[:, :1].float() + 1) * 50, self.factor)
+        L = F.avg_pool2d(color.denormalize_l(x[:, :1].float()), self.factor)
         local = [blur(L, s) for s in self.SIGMAS]
         contrast = (blur(L * L, self.SIGMAS[1]) - local[1] ** 2).clamp(min=0).sqrt() / 50
         at_L = F.avg_pool2d(x[:, 7:9].float(), self.factor)
@@ -112,13 +112,11 @@ class GuidedUNet(nn.Module):
         self.encoder_weights_reason = self.net.encoder_weights_reason
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        given = hints.guidance(x.float()).to(x.dtype)
-        out = hints.prior(x.float()).to(x.dtype) + (1 - given) * self.net(x)
-        if self.reference_head is not None:
-            out = out + hints.reference_gate(x.float()).to(x.dtype) * self.upsample(self.reference_head(x))
+        xf = x.float()
+        given = hints.guidance(xf).to(x.dtype)
+        out = hints.prior(xf).to(x.dtype) + (1 - given) * self.net(x)
+        if self.reference_head is not None:  # its 1/factor-resolution correction, upsampled bilinearly
+            fix = F.interpolate(self.reference_head(x), scale_factor=self.factor, mode="bilinear",
+                                align_corners=False)
+            out = out + hints.reference_gate(xf).to(x.dtype) * fix
         return out.clamp(-1, 1)
-
-    def upsample(self, low: torch.Tensor) -> torch.Tensor:
-        """A 1/factor-resolution correction at full resolution (bilinear)."""
-        up = F.interpolate(low, scale_factor=self.factor, mode="bilinear", align_corners=False)
-        return up.to(low.dtype)
