@@ -292,7 +292,7 @@ def test_models_are_used_for_their_own_task_only(sr_proj, capsys):
     assert "use `astrogan colorize`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("arch", ["srresnet", "edsr", "wdsr"])
+@pytest.mark.parametrize("arch", ["srresnet", "edsr", "wdsr", "rcan"])
 def test_upscale_with_the_zoo_sr_architectures(arch, tmp_path):
     """The real SR generators, tiny widths: odd-sized tiles in, 4x out, through the whole command."""
     from pipeline.models import _generators

@@ -1,4 +1,4 @@
-"""SR generators (SRResNet, EDSR, WDSR-A/B) and the SRGAN discriminator: shapes, ranges, checkpoints."""
+"""SR generators (SRResNet, EDSR, WDSR-A/B, RCAN) and the SRGAN discriminator: shapes, ranges, checkpoints."""
 
 import pytest
 import torch
@@ -6,13 +6,15 @@ import torch.nn.functional as F
 
 from pipeline.models import discriminator_class, generator_class, load_generator, save_generator
 from pipeline.models.edsr import EDSR
+from pipeline.models.rcan import RCAN, ChannelAttention
 from pipeline.models.srresnet import SRGANDiscriminator, SRResNet
 from pipeline.models.wdsr import WDSR
 
 TINY = {"srresnet": {"num_feat": 8, "num_block": 2}, "edsr": {"num_feat": 8, "num_block": 2},
         "wdsr_a": {"kind": "A", "num_feat": 8, "num_block": 2},
-        "wdsr_b": {"kind": "B", "num_feat": 8, "num_block": 2}}
-ARCH = {"srresnet": "srresnet", "edsr": "edsr", "wdsr_a": "wdsr", "wdsr_b": "wdsr"}
+        "wdsr_b": {"kind": "B", "num_feat": 8, "num_block": 2},
+        "rcan": {"num_feat": 8, "num_group": 2, "num_block": 2, "reduction": 4}}
+ARCH = {"srresnet": "srresnet", "edsr": "edsr", "wdsr_a": "wdsr", "wdsr_b": "wdsr", "rcan": "rcan"}
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -34,9 +36,11 @@ def test_generators_upscale_4x(name, global_skip):
             assert (y - bic).abs().max() > 0  # not exactly zero: the branch direction must learn
 
 
-@pytest.mark.parametrize("cls,params", [(SRResNet, 1_550_000), (EDSR, 1_517_000), (WDSR, 1_203_000)])
+@pytest.mark.parametrize("cls,params", [(SRResNet, 1_550_000), (EDSR, 1_517_000), (WDSR, 1_203_000),
+                                        (RCAN, 15_592_000)])
 def test_paper_defaults_build_and_run(cls, params):
-    """Default widths are the papers' (SRResNet 16x64 ~1.5M, EDSR baseline 16x64 ~1.5M, WDSR-A 16x32)."""
+    """Default widths are the papers' (SRResNet 16x64 ~1.5M, EDSR baseline 16x64 ~1.5M, WDSR-A 16x32,
+    RCAN 10 groups x 20 blocks x 64 ~15.6M)."""
     G = cls().eval()
     n = sum(p.numel() for p in G.parameters())
     assert abs(n - params) / params < 0.01, n
@@ -49,6 +53,24 @@ def test_wdsr_b_is_wide_and_low_rank():
     assert [m.out_channels for m in blk if hasattr(m, "out_channels")] == [192, 25, 32]
     with pytest.raises(ValueError, match="'A' or 'B'"):
         WDSR(kind="C")
+
+
+def test_rcan_channel_attention_weighs_channels_by_the_whole_input():
+    """CA scales each channel by one factor in (0, 1) computed from its global mean: a change anywhere
+    in the input changes the scaling everywhere (what a 3x3 residual block cannot do)."""
+    torch.manual_seed(0)
+    ca = ChannelAttention(8, reduction=4)
+    x = torch.rand(1, 8, 16, 16)
+    y = ca(x)
+    factor = y / x
+    assert torch.allclose(factor, factor[..., :1, :1].expand_as(factor), atol=1e-6)
+    assert ((factor > 0) & (factor < 1)).all()
+    x2 = x.clone()
+    x2[..., 15, 15] += 5.0  # one far pixel
+    assert not torch.allclose(ca(x2)[..., 0, 0], y[..., 0, 0])
+    with pytest.raises(ValueError, match=">= 1"):
+        RCAN(num_group=0)
+    assert sum(isinstance(m, ChannelAttention) for m in RCAN(**TINY["rcan"]).modules()) == 4
 
 
 def test_srgan_discriminator_shapes():

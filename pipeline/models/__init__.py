@@ -44,7 +44,8 @@ _M = "pipeline.models."
 GENERATORS = _Registry({
     "resnet18_unet": _M + "resnet_unet:ResNet18UNet", "ab_classifier": _M + "ab_classifier:ABClassifier",
     "guided_unet": _M + "guided_unet:GuidedUNet", "unet": _M + "unet:UNet",
-    "srresnet": _M + "srresnet:SRResNet", "edsr": _M + "edsr:EDSR", "wdsr": _M + "wdsr:WDSR"})
+    "srresnet": _M + "srresnet:SRResNet", "edsr": _M + "edsr:EDSR", "wdsr": _M + "wdsr:WDSR",
+    "rcan": _M + "rcan:RCAN"})
 DISCRIMINATORS = _Registry({
     "patchgan": _M + "patchgan:PatchGAN", "vgg_residual": _M + "vgg_discriminator:VGGResidualDiscriminator",
     "resnet50_patch": _M + "resnet_patch:ResNet50Patch", "srgan": _M + "srresnet:SRGANDiscriminator"})
