@@ -4,7 +4,9 @@
 #   the CUDA tests, the pix2pix step's profile and the training throughput of the two bar models.
 #     bash benchmarks/gpu_check.sh OUTDIR
 # Writes OUTDIR/gan_step_profile.json, OUTDIR/train_throughput.json and OUTDIR/gpu_tests.log;
-# each part is time-boxed, so a slow one does not lose the others.
+# each part is time-boxed, so a slow one does not lose the others. The throughput is fed by the
+# packed tiles in $PACKED (default data/packed; scripts/gpu_release.sh OUT data unpacks the
+# esahubble-381 tiles that have arrived into /tmp/astrogan_gpu/data/packed).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
 mkdir -p "$out"
@@ -17,5 +19,5 @@ timeout 90 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_abclass.py >
 tail -3 "$out/gpu_tests.log"
 timeout 200 "$py" -m benchmarks.gan_step_profile --out "$out/gan_step_profile.json" 2>&1 | grep '^{'
 timeout 150 "$py" -m benchmarks.train_throughput --models resnet18_lab edsr --no-fid --steps 20 --warmup 5 \
-  --out "$out/train_throughput.json" 2>&1 | grep '^{'
+  --packed "${PACKED:-data/packed}" --out "$out/train_throughput.json" 2>&1 | grep '^{'
 echo "results in $out"
