@@ -1,6 +1,7 @@
 """Carry a run's packed tiles to a leased GPU in parts that fit its transfer cap, near-losslessly.
 
     python scripts/device_data.py pack --run RUN --out .devdata          # RUN: a release run's --work folder
+    python scripts/device_data.py plan                   # which parts each device call carries
     python scripts/device_data.py unpack --src .devdata --packed RUN/data/packed      # on the GPU machine
 
 Why: the GPU machine receives at most 64 MiB a call, the checkout included (about 30 MiB), while the
@@ -269,6 +270,31 @@ def auto_part_mib(root: Path) -> float:
     return round(room, 1)
 
 
+def plan(src: Path, splits: list[str], root: Path = ROOT) -> list[dict]:
+    """The device calls that carry ``src``'s parts: next-fit, in split order (so val, which the
+    training phases need, rides with the last train part), each call within the cap beside the
+    checkout as it is now. Stops with one line when a part no longer fits (the checkout grew)."""
+    room = CAP_MIB - tree_mib(root) - 0.5
+    calls: list[dict] = []
+    used: list[float] = []  # exact MiB per call (the records are rounded)
+    for split in splits:
+        paths = sorted(src.glob(f"{split}-p*.npz"), key=lambda p: int(p.stem.rsplit("-p", 1)[1]))
+        if not paths:
+            raise DeviceDataError(f"{src}: no {split}-p*.npz parts; run `pack` first")
+        for path in paths:
+            mib = path.stat().st_size / 2 ** 20
+            if mib > room:
+                raise DeviceDataError(f"{path}: {mib:.1f} MiB no longer fits beside the checkout "
+                                      f"({room:.1f} MiB left in a call); pack again")
+            if not calls or used[-1] + mib > room:
+                calls.append({"call": len(calls) + 1, "carry": [], "mib": 0.0})
+                used.append(0.0)
+            used[-1] += mib
+            calls[-1]["carry"].append(path.as_posix())
+            calls[-1]["mib"] = round(used[-1], 3)
+    return calls
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -287,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--packed", required=True, type=Path, help="where <split>.npy and .csv go")
     u.add_argument("--splits", nargs="+", default=["train", "val"])
     u.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    c = sub.add_parser("plan", help="which parts each device call carries (here, before the GPU session)")
+    c.add_argument("--src", default=Path(".devdata"), type=Path)
+    c.add_argument("--splits", nargs="+", default=["train", "val"])
     args = ap.parse_args(argv)
     try:
         if args.cmd == "pack":
@@ -299,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parts of at most {part} MiB (the checkout's tracked files: {tree_mib(ROOT):.1f} MiB)")
             pack(args.run, args.out, args.splits, part, args.min_psnr, args.packed, args.manifest,
                  args.workers)
+        elif args.cmd == "plan":
+            for call in plan(args.src, args.splits):
+                print(json.dumps(call))
         else:
             unpack(args.src, args.packed, args.splits, args.workers)
     except DeviceDataError as e:

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,11 @@ def test_gpu_release_sr_phase_trains_both_candidates_and_ranks_them_on_val(tmp_p
         blob = torch.load(out / m / f"superres_{m}_pretrained.pt", map_location="cpu", weights_only=True)
         assert blob["arch"] == m and blob["card"]["crop"] == 32 and blob["card"]["data"]["tiles"] == 12
     assert json.loads((out / "device_data.json").read_text())["splits"]["train"]["tiles"] == 12
+    # what a device call returns: at most 8 files of at most 16 MiB, two folders down, plain names
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2 ** 20 for f in files)
+    assert all(len(f.relative_to(out).parts) <= 3 for f in files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for f in files for part in f.relative_to(out).parts)
 
 
 def test_auto_parts_leave_room_for_the_checkout_in_each_call(tmp_path):
@@ -173,3 +179,21 @@ def test_auto_parts_leave_room_for_the_checkout_in_each_call(tmp_path):
     args = ["pack", "--run", str(tmp_path), "--out", str(tmp_path / "d"), "--part-mib", "lots"]
     res = subprocess.run([*script, *args], capture_output=True, text=True)
     assert res.returncode == 2 and "--part-mib 'lots'" in res.stderr
+
+
+def test_plan_puts_every_part_in_one_call_within_the_cap_and_val_last(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+    dd.pack(run, tmp_path / "dev", ["train", "val"], 0.02, 45.0, "data/packed", "data/unique/manifest.jsonl",
+            1)
+    parts = sorted(p.as_posix() for p in (tmp_path / "dev").glob("*.npz"))
+    biggest = max(Path(p).stat().st_size for p in parts) / 2 ** 20
+    room = 1.5 * biggest
+    monkeypatch.setattr(dd, "CAP_MIB", 0.5 + room)  # beside a non-checkout: one or two parts per call
+    calls = dd.plan(tmp_path / "dev", ["train", "val"], root=tmp_path)
+    carried = [p for c in calls for p in c["carry"]]
+    assert sorted(carried) == parts and len(carried) == len(set(carried))
+    assert all(c["mib"] <= room + 0.001 for c in calls) and len(calls) >= len(parts) / 2
+    assert carried[-1].endswith("val-p1.npz") and carried[0].endswith("train-p1.npz")
+    monkeypatch.setattr(dd, "CAP_MIB", 0.5 + biggest / 2)  # now a part is larger than a call's room
+    with pytest.raises(dd.DeviceDataError, match="no longer fits beside the checkout"):
+        dd.plan(tmp_path / "dev", ["train", "val"], root=tmp_path)
