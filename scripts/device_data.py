@@ -199,12 +199,17 @@ def _read_part(path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     return meta, data, offsets
 
 
-def unpack(src: Path, packed: Path, splits: list[str], workers: int) -> dict:
-    """Decode the parts of ``splits`` found in ``src`` into ``packed``; returns the record."""
+def unpack(src: Path, packed: Path, splits: list[str], workers: int, optional: tuple[str, ...] = ()) -> dict:
+    """Decode the parts of ``splits`` found in ``src`` into ``packed``; returns the record. A split in
+    ``optional`` may have no parts yet (an early call carries train parts only): it is skipped."""
     packed.mkdir(parents=True, exist_ok=True)
     record: dict = {"source": str(src), "splits": {}}
     for split in splits:
         paths = sorted(src.glob(f"{split}-p*.npz"))
+        if not paths and split in optional:
+            print(f"{split}: no parts in {src} yet; skipped")
+            record["splits"][split] = {"tiles": 0, "parts": [], "parts_missing": "all"}
+            continue
         if not paths:
             raise DeviceDataError(f"{src}: no {split}-p*.npz parts; carry at least one (see `pack`)")
         items: list[tuple[dict, bytes]] = []
@@ -312,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--src", required=True, type=Path)
     u.add_argument("--packed", required=True, type=Path, help="where <split>.npy and .csv go")
     u.add_argument("--splits", nargs="+", default=["train", "val"])
+    u.add_argument("--optional", nargs="*", default=[], help="splits that may have no parts yet")
     u.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     c = sub.add_parser("plan", help="which parts each device call carries (here, before the GPU session)")
     c.add_argument("--src", default=Path(".devdata"), type=Path)
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             for call in plan(args.src, args.splits):
                 print(json.dumps(call))
         else:
-            unpack(args.src, args.packed, args.splits, args.workers)
+            unpack(args.src, args.packed, args.splits, args.workers, tuple(args.optional))
     except DeviceDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,9 +26,15 @@ batch=${BATCH:-64}
 crop=${CROP:-96}
 edsr=${SR_KWARGS_EDSR:-"{num_feat: 64, num_block: 16, res_scale: 1.0, global_skip: true}"}
 rcan=${SR_KWARGS_RCAN:-"{num_feat: 64, num_group: 4, num_block: 8, reduction: 16, res_scale: 1.0, global_skip: true}"}
+case $phase in
+  data) optional=(--optional val) ;;  # the early calls carry train parts only
+  sr|guided) optional=() ;;
+  *) echo "unknown phase $phase: use sr, guided or data" >&2; exit 2 ;;
+esac
 mkdir -p "$out" "$work"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-"$py" scripts/device_data.py unpack --src "${DEVDATA:-.devdata}" --packed "$work/data/packed" --splits train val || exit 2
+"$py" scripts/device_data.py unpack --src "${DEVDATA:-.devdata}" --packed "$work/data/packed" --splits train val \
+  ${optional[@]+"${optional[@]}"} || exit 2
 cp "$work/data/packed/device_data.json" "$out/device_data.json"
 
 run() {  # run MODEL_DIR ARGS...: release_run.py in its own work folder over the shared data
@@ -56,6 +62,5 @@ case $phase in
       --set "$g.pretrain={data: astro, mono: 0, crop: ${GUIDED_CROP:-256}, batch_size: $batch, steps: 100000, log_every: 25, checkpoint_every: 1000, time_limit_s: $secs}" \
       --set "$g.finetune={crop: ${GUIDED_CROP:-256}, batch_size: $batch, steps: 100000, eval_every: 50, patience: 4, log_every: 10, checkpoint_every: 1000, time_limit_s: $((secs / 2))}"
     ;;
-  *) echo "unknown phase $phase: use sr, guided or data" >&2; exit 2 ;;
 esac
 echo "results in $out"

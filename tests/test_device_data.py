@@ -151,8 +151,21 @@ def test_gpu_release_sr_phase_trains_both_candidates_and_ranks_them_on_val(tmp_p
            "PYTHON": sys.executable, "BATCH": "2", "CROP": "32",
            "SR_KWARGS_EDSR": "{num_feat: 8, num_block: 1, res_scale: 1.0, global_skip: true}",
            "SR_KWARGS_RCAN": "{num_feat: 8, num_group: 1, num_block: 1, reduction: 4, global_skip: true}"}
-    res = subprocess.run(["bash", str(ROOT / "scripts/gpu_release.sh"), str(out), "sr", "2"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    script = ["bash", str(ROOT / "scripts/gpu_release.sh"), str(out)]
+    # calls 1 and 2 of the plan carry train parts only: `data` unpacks them and leaves val for later
+    val = tmp_path / "dev/val-p1.npz"
+    val.rename(tmp_path / "val-p1.npz")
+    res = subprocess.run([*script, "data"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    record = json.loads((out / "device_data.json").read_text())["splits"]
+    assert record["train"]["tiles"] == 12
+    assert record["val"] == {"tiles": 0, "parts": [], "parts_missing": "all"}
+    res = subprocess.run([*script, "sr", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "no val-p*.npz parts" in res.stderr  # training needs val: one line
+    res = subprocess.run([*script, "nonsense"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "unknown phase nonsense" in res.stderr
+    (tmp_path / "val-p1.npz").rename(val)  # call 3 brings val
+    res = subprocess.run([*script, "sr", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     compare = json.loads((out / "sr_compare.json").read_text())
     assert compare["split"] == "val" and compare["tiles"] == 1
