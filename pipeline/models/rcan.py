@@ -26,10 +26,9 @@ unbounded: clamp(0, 1) it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.edsr import DIV2K_MEAN
+from pipeline.models.edsr import DIV2K_MEAN, SubPixelSR
 
 
 class ChannelAttention(nn.Module):
@@ -71,9 +70,9 @@ class ResidualGroup(nn.Module):
         return x + self.body(x)
 
 
-class RCAN(nn.Module):
-    """RCAN: mean shift; conv3x3 head; ``num_group`` residual groups + conv3x3 with a long skip;
-    EDSR's sub-pixel upsampling and RGB tail (see the module docstring).
+class RCAN(SubPixelSR):
+    """RCAN: EDSR's frame (:class:`~pipeline.models.edsr.SubPixelSR`: mean shift, head, long skip,
+    sub-pixel upsampling, RGB tail) around ``num_group`` residual groups + conv3x3.
 
     Args (keyword-only, JSON-able):
         num_feat: width, default 64 (paper). num_group: residual groups, default 10 (paper).
@@ -87,30 +86,13 @@ class RCAN(nn.Module):
     def __init__(self, *, num_feat: int = 64, num_group: int = 10, num_block: int = 20, reduction: int = 16,
                  res_scale: float = 1.0, scale: int = 4,
                  rgb_mean: tuple[float, float, float] | list[float] = DIV2K_MEAN, global_skip: bool = False):
-        super().__init__()
-        if scale not in (2, 4, 8):
-            raise ValueError(f"scale={scale}; RCAN upsamples by powers of two here: 2, 4 or 8")
         if num_group < 1 or num_block < 1 or reduction < 1:
             raise ValueError(f"num_group={num_group}, num_block={num_block}, reduction={reduction}: "
                              "each must be >= 1")
-        self.scale, self.global_skip = scale, global_skip
-        self.register_buffer("mean", torch.tensor(list(rgb_mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.head = nn.Conv2d(3, num_feat, 3, padding=1)
-        self.body = nn.Sequential(*(ResidualGroup(num_feat, num_block, reduction, res_scale)
-                                    for _ in range(num_group)),
-                                  nn.Conv2d(num_feat, num_feat, 3, padding=1))
-        ups: list[nn.Module] = []
-        for _ in range(scale.bit_length() - 1):
-            ups += [nn.Conv2d(num_feat, 4 * num_feat, 3, padding=1), nn.PixelShuffle(2)]
-        self.upsample = nn.Sequential(*ups)
-        self.tail = nn.Conv2d(num_feat, 3, 3, padding=1)
-        if global_skip:
-            nn.init.zeros_(self.tail.weight)
-            nn.init.zeros_(self.tail.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.head(x - self.mean)
-        out = self.tail(self.upsample(feat + self.body(feat)))
-        if self.global_skip:
-            return out + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return out + self.mean
+        def body() -> nn.Module:
+            groups = (ResidualGroup(num_feat, num_block, reduction, res_scale) for _ in range(num_group))
+            return nn.Sequential(*groups, nn.Conv2d(num_feat, num_feat, 3, padding=1))
+
+        super().__init__(num_feat=num_feat, scale=scale, rgb_mean=rgb_mean, global_skip=global_skip,
+                         make_body=body)
