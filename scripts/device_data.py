@@ -23,13 +23,13 @@ esahubble-381 train split is 3,294 tiles of 256 px: 618 MiB as raw uint8. So:
   files of earlier calls, so parts can travel in successive calls (each names one part in
   ``carry``); a part that did not arrive means fewer tiles, which the record says, not a failure.
 
-Needs only NumPy and Pillow (what the GPU machine has).
+Runs with the checkout's ``pipeline`` package and what the GPU machine's image has (PyTorch, NumPy,
+Pillow): the packed splits are read, and the files written, by the project's own helpers.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
@@ -41,24 +41,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, JpegImagePlugin
 
-COLUMNS = ["row", "tile_id", "image_id", "grey"]
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data import PACKED_COLUMNS, packed_paths, read_packed  # noqa: E402
+from pipeline.errors import AstroganError  # noqa: E402
+from pipeline.fsio import atomic_path, read_jsonl, write_csv_atomic, write_json_atomic  # noqa: E402
+from pipeline.superres import rgb_to_y  # noqa: E402
 
 
 class DeviceDataError(Exception):
     """A one-line reason to stop, naming the file and the fix."""
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    a = rgb.astype(np.float64)
-    return 16.0 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255.0
-
-
 def psnr_y(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR on BT.601 Y (16-235 scale, peak 255) of two HxWx3 uint8 images; 99 dB when equal."""
-    mse = float(((_luma(a) - _luma(b)) ** 2).mean())
+    """PSNR on BT.601 Y (``superres.rgb_to_y``, peak 255) of two HxWx3 uint8 images; 99 dB when equal."""
+    ya, yb = (rgb_to_y(torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255.0) for x in (a, b))
+    mse = float((ya - yb).pow(2).mean())
     return 99.0 if mse <= 1e-10 else min(99.0, 10.0 * np.log10(255.0 ** 2 / mse))
 
 
@@ -89,25 +91,13 @@ def encode_tile(tile: np.ndarray, settings: dict | None, min_psnr: float) -> tup
     return buf.getvalue(), "png", 99.0
 
 
-def _read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _order_key(tile_id: str) -> str:
     return hashlib.sha256(f"device-part:{tile_id}".encode()).hexdigest()
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a handle: np.savez would add ".npz" to a name
+        np.savez(f, **arrays)
 
 
 def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: float, packed: str,
@@ -117,30 +107,19 @@ def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: flo
     if not man_path.is_file():
         raise DeviceDataError(f"{man_path}: the dedup manifest is missing; pass the run folder (--run) of a "
                               "finished `dedup ... pack`")
-    sources = {}
-    for line in man_path.read_text().splitlines():
-        if line.strip():
-            item = json.loads(line)
-            sources[item["id"]] = run / item["path"]
+    sources = {item["id"]: run / item["path"] for item in read_jsonl(man_path)}
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {"part_mib": part_mib, "min_psnr_y": min_psnr, "splits": {}}
     settings_cache: dict[str, dict | None] = {}
     for split in splits:
-        npy, csv_path = run / packed / f"{split}.npy", run / packed / f"{split}.csv"
-        if not npy.is_file() or not csv_path.is_file():
-            raise DeviceDataError(f"{npy}: packed split missing; run the `pack` stage in {run} first")
-        tiles = np.load(npy, mmap_mode="r")
-        rows = _read_rows(csv_path)
-        if len(rows) != len(tiles):
-            raise DeviceDataError(f"{npy}: {len(tiles)} tiles but {csv_path} has {len(rows)} rows; "
-                                  "rerun `pack`")
+        tiles, rows = read_packed(run / packed, split)  # memory-mapped; checked against its csv
         for r in rows:
             iid = r["image_id"]
             if iid not in settings_cache:
                 settings_cache[iid] = source_jpeg_settings(sources[iid]) if iid in sources else None
 
         def job(i: int, tiles=tiles, rows=rows) -> tuple[bytes, str, float]:
-            tile = np.ascontiguousarray(np.asarray(tiles[i]).transpose(1, 2, 0))
+            tile = np.ascontiguousarray(tiles[i].numpy().transpose(1, 2, 0))
             return encode_tile(tile, settings_cache[rows[i]["image_id"]], min_psnr)
 
         order = sorted(range(len(rows)), key=lambda i: _order_key(rows[i]["tile_id"]))
@@ -165,7 +144,7 @@ def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: flo
             offsets = np.zeros(len(blobs) + 1, np.int64)
             offsets[1:] = np.cumsum([len(b) for b in blobs])
             meta = json.dumps({"split": split, "part": k, "parts": len(parts),
-                               "rows": [{**{c: rows[i][c] for c in COLUMNS}, "codec": encoded[i][1],
+                               "rows": [{**{c: rows[i][c] for c in PACKED_COLUMNS}, "codec": encoded[i][1],
                                          "psnr_y": round(encoded[i][2], 2)} for i in idx]})
             path = out / f"{split}-p{k}.npz"
             _save_npz_atomic(path, data=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
@@ -173,7 +152,7 @@ def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: flo
             files.append({"file": path.name, "tiles": len(idx), "bytes": path.stat().st_size})
         scores = np.array([encoded[i][2] for i in range(len(rows))]) if rows else np.zeros(0)
         record["splits"][split] = {
-            "tiles": len(rows), "raw_mib": round(tiles.nbytes / 2 ** 20, 1),
+            "tiles": len(rows), "raw_mib": round(tiles.numel() / 2 ** 20, 1),
             "encoded_mib": round(sum(len(e[0]) for e in encoded.values()) / 2 ** 20, 1),
             "png_tiles": sum(e[1] == "png" for e in encoded.values()),
             "psnr_y_mean": round(float(scores.mean()), 2) if len(scores) else None,
@@ -183,7 +162,7 @@ def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: flo
         print(f"{split}: {len(rows)} tiles -> {len(files)} parts of <= {part_mib} MiB "
               f"({done['encoded_mib']} MiB, PSNR-Y mean {done['psnr_y_mean']} min {done['psnr_y_min']} dB, "
               f"{done['png_tiles']} as PNG)")
-    _write_json_atomic(out / "device_data.json", record)
+    write_json_atomic(out / "device_data.json", record)
     return record
 
 
@@ -225,22 +204,16 @@ def unpack(src: Path, packed: Path, splits: list[str], workers: int, optional: t
             with Image.open(io.BytesIO(item[1])) as im:
                 return np.asarray(im.convert("RGB")).transpose(2, 0, 1)
 
-        npy, csv_path = packed / f"{split}.npy", packed / f"{split}.csv"
+        npy, csv_path = packed_paths(packed, split)
         with ThreadPoolExecutor(max(1, workers)) as pool:
             tiles = list(pool.map(decode, items))
         shapes = {t.shape for t in tiles}
         if len(shapes) != 1:
             raise DeviceDataError(f"{src}: {split} tiles of several sizes {sorted(shapes)}; pack them again")
-        tmp = npy.with_name(npy.name + ".part.npy")
-        np.save(tmp, np.stack(tiles))
-        os.replace(tmp, npy)
-        tmp_csv = csv_path.with_name(csv_path.name + ".part")
-        with open(tmp_csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            for new_row, (r, _) in enumerate(items):
-                w.writerow({**{c: r[c] for c in COLUMNS}, "row": new_row})
-        os.replace(tmp_csv, csv_path)
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:  # a handle: np.save would add ".npy"
+            np.save(f, np.stack(tiles))
+        write_csv_atomic(csv_path, ({**{c: r[c] for c in PACKED_COLUMNS}, "row": new_row}
+                                    for new_row, (r, _) in enumerate(items)), PACKED_COLUMNS)
         missing = sorted(set(range(1, expected + 1)) - set(present))
         scores = [float(r["psnr_y"]) for r, _ in items]
         record["splits"][split] = {"tiles": len(items), "parts": sorted(present), "parts_missing": missing,
@@ -249,7 +222,7 @@ def unpack(src: Path, packed: Path, splits: list[str], workers: int, optional: t
                                    "psnr_y_min": round(float(np.min(scores)), 2)}
         note = f"; parts {missing} did not arrive: fewer tiles" if missing else ""
         print(f"{split}: {len(items)} tiles from parts {sorted(present)} of {expected} -> {npy}{note}")
-    _write_json_atomic(packed / "device_data.json", record)
+    write_json_atomic(packed / "device_data.json", record)
     return record
 
 
@@ -339,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(call))
         else:
             unpack(args.src, args.packed, args.splits, args.workers, tuple(args.optional))
-    except DeviceDataError as e:
+    except (DeviceDataError, AstroganError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -35,7 +35,7 @@ def compare(packed: Path, split: str, checkpoints: list[Path], device: torch.dev
     tiles, _ = read_packed(packed, split)
     if max_tiles and len(tiles) > max_tiles:  # evenly spread, as the evaluate stage's val subset
         tiles = tiles[torch.linspace(0, len(tiles) - 1, max_tiles).long()]
-    tiles = torch.as_tensor(tiles).to(device)
+    tiles = tiles.to(device)
     rows = []
     for ckpt in checkpoints:
         model, meta = load_generator(ckpt, device)

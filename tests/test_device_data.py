@@ -18,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.data import PACKED_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +64,7 @@ def _run(tmp_path: Path) -> Path:
     for split, idx in splits.items():
         np.save(run / f"data/packed/{split}.npy", np.stack([tiles[i] for i in idx]))
         with open(run / f"data/packed/{split}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=dd.COLUMNS)
+            w = csv.DictWriter(f, fieldnames=PACKED_COLUMNS)
             w.writeheader()
             for n, i in enumerate(idx):
                 w.writerow({"row": n, **rows[i]})
