@@ -11,7 +11,8 @@ esahubble-381 train split is 3,294 tiles of 256 px: 618 MiB as raw uint8. So:
   subsampling of the JPEG it was cut from. Tiles start on multiples of ``tile.stride`` (256 px), so
   the 8x8 block grid is the source's and the re-encoding keeps nearly every DCT coefficient: the
   esahubble train tiles come back at 68 dB PSNR-Y on average (84 MiB for the train split, the
-  source's own bytes), against 43-48 dB for any coarser table that would fit one call. A tile whose
+  source's own bytes); tables 3x coarser give 39 MiB, still over one call, at 42.7 dB (29 at worst;
+  ``--qscale``, docs/device_data_esahubble.json). A tile whose
   JPEG would come back below ``--min-psnr`` (a source that is not a JPEG, a grid that does not line
   up) is stored as a PNG instead, losslessly.
 - The tiles are spread over parts of at most ``--part-mib`` MiB in a fixed order by
@@ -64,13 +65,15 @@ def psnr_y(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse <= 1e-10 else min(99.0, 10.0 * np.log10(255.0 ** 2 / mse))
 
 
-def source_jpeg_settings(path: Path) -> dict | None:
-    """The quantisation tables and subsampling of a baseline JPEG, or None for any other file."""
+def source_jpeg_settings(path: Path, qscale: float = 1.0) -> dict | None:
+    """The quantisation tables (each step times ``qscale``, within 1-255) and subsampling of a baseline
+    JPEG, or None for any other file."""
     try:
         with Image.open(path) as im:
             if im.format != "JPEG" or im.mode != "RGB":
                 return None
-            return {"qtables": {k: list(v) for k, v in im.quantization.items()},
+            return {"qtables": {k: [min(255, max(1, round(v * qscale))) for v in t]
+                                for k, t in im.quantization.items()},
                     "subsampling": JpegImagePlugin.get_sampling(im)}
     except OSError:
         return None
@@ -101,7 +104,7 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 
 def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: float, packed: str,
-         manifest: str, workers: int) -> dict:
+         manifest: str, workers: int, qscale: float = 1.0) -> dict:
     """Encode ``splits`` of ``run``'s packed tiles into parts under ``out``; returns the record."""
     man_path = run / manifest
     if not man_path.is_file():
@@ -109,14 +112,14 @@ def pack(run: Path, out: Path, splits: list[str], part_mib: float, min_psnr: flo
                               "finished `dedup ... pack`")
     sources = {item["id"]: run / item["path"] for item in read_jsonl(man_path)}
     out.mkdir(parents=True, exist_ok=True)
-    record: dict = {"part_mib": part_mib, "min_psnr_y": min_psnr, "splits": {}}
+    record: dict = {"part_mib": part_mib, "min_psnr_y": min_psnr, "qscale": qscale, "splits": {}}
     settings_cache: dict[str, dict | None] = {}
     for split in splits:
         tiles, rows = read_packed(run / packed, split)  # memory-mapped; checked against its csv
         for r in rows:
             iid = r["image_id"]
             if iid not in settings_cache:
-                settings_cache[iid] = source_jpeg_settings(sources[iid]) if iid in sources else None
+                settings_cache[iid] = source_jpeg_settings(sources[iid], qscale) if iid in sources else None
 
         def job(i: int, tiles=tiles, rows=rows) -> tuple[bytes, str, float]:
             tile = np.ascontiguousarray(tiles[i].numpy().transpose(1, 2, 0))
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part-mib", default="auto", help="at most this many MiB per part; auto: 64 MiB less the "
                    "checkout's tracked files, less 1.5")
     p.add_argument("--min-psnr", type=float, default=45.0, help="PSNR-Y below which a tile goes as PNG")
+    p.add_argument("--qscale", type=float, default=1.0, help="scale the source's quantisation steps (the "
+                   "size/fidelity study: >1 is coarser)")
     p.add_argument("--packed", default="data/packed", help="paths.packed, relative to --run")
     p.add_argument("--manifest", default="data/unique/manifest.jsonl", help="relative to --run")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -305,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             if part <= 0:
                 raise DeviceDataError(f"--part-mib {part}: must be > 0")
             print(f"parts of at most {part} MiB (the checkout's tracked files: {tree_mib(ROOT):.1f} MiB)")
+            if args.qscale <= 0:
+                raise DeviceDataError(f"--qscale {args.qscale}: must be > 0")
             pack(args.run, args.out, args.splits, part, args.min_psnr, args.packed, args.manifest,
-                 args.workers)
+                 args.workers, args.qscale)
         elif args.cmd == "plan":
             for call in plan(args.src, args.splits):
                 print(json.dumps(call))

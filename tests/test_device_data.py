@@ -212,3 +212,15 @@ def test_plan_puts_every_part_in_one_call_within_the_cap_and_val_last(tmp_path, 
     monkeypatch.setattr(dd, "CAP_MIB", 0.5 + biggest / 2)  # now a part is larger than a call's room
     with pytest.raises(dd.DeviceDataError, match="no longer fits beside the checkout"):
         dd.plan(tmp_path / "dev", ["train", "val"], root=tmp_path)
+
+
+def test_qscale_coarsens_the_source_tables_for_the_size_study(tmp_path):
+    run = _run(tmp_path)
+    fine = dd.source_jpeg_settings(run / "data/raw/a.jpg")
+    coarse = dd.source_jpeg_settings(run / "data/raw/a.jpg", qscale=3.0)
+    assert all(c == min(255, max(1, round(f * 3))) for k in fine["qtables"]
+               for f, c in zip(fine["qtables"][k], coarse["qtables"][k], strict=True))
+    a = dd.pack(run, tmp_path / "a", ["train"], 1.0, 0.0, "data/packed", "data/unique/manifest.jsonl", 1)
+    b = dd.pack(run, tmp_path / "b", ["train"], 1.0, 0.0, "data/packed", "data/unique/manifest.jsonl", 1, 3.0)
+    assert b["qscale"] == 3.0 and b["splits"]["train"]["psnr_y_min"] < a["splits"]["train"]["psnr_y_min"]
+    assert dd.source_jpeg_settings(run / "data/raw/b.png", qscale=3.0) is None
