@@ -1,6 +1,7 @@
 """Score SR checkpoints side by side on a packed split: PSNR/SSIM on Y and RGB, and the gain over bicubic.
 
     python scripts/sr_compare.py RUN/data/packed val a/pretrained.pt b/pretrained.pt --out compare.json
+    python scripts/sr_compare.py RUN/data/packed val release:edsr_x4_esahubble      # a release, as --model
 
 The same measurement as the registry's (``pipeline.release.evaluate_superres``: LR by the training
 degradation, 4 px border), on the GPU when there is one. Each row adds what the checkpoint's card
@@ -23,22 +24,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline import weights  # noqa: E402
 from pipeline.data import read_packed  # noqa: E402
 from pipeline.errors import AstroganError, run_main  # noqa: E402
 from pipeline.fsio import write_json_atomic  # noqa: E402
+from pipeline.inference import release_spec  # noqa: E402
 from pipeline.models import load_generator  # noqa: E402
 from pipeline.release import evaluate_superres  # noqa: E402
 
 
-def compare(packed: Path, split: str, checkpoints: list[Path], device: torch.device, max_tiles: int = 0
+def compare(packed: Path, split: str, checkpoints: list[str], device: torch.device, max_tiles: int = 0
             ) -> dict:
+    """Each of ``checkpoints`` (a .pt file, or release weights as ``astrogan --model`` names them) scored
+    on ``split``, best gain on Y first."""
     tiles, _ = read_packed(packed, split)
     if max_tiles and len(tiles) > max_tiles:  # evenly spread, as the evaluate stage's val subset
         tiles = tiles[torch.linspace(0, len(tiles) - 1, max_tiles).long()]
     tiles = tiles.to(device)
     rows = []
     for ckpt in checkpoints:
-        model, meta = load_generator(ckpt, device)
+        load = weights.load_release if release_spec(ckpt) else load_generator
+        model, meta = load(ckpt, device)
         card = meta.get("card", {})
         if card.get("task", "superres") != "superres":
             raise AstroganError(f"{ckpt}: a {card.get('task')} model, not super-resolution; "
@@ -61,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("packed", type=Path, help="a pack stage output folder (<split>.npy, <split>.csv)")
     ap.add_argument("split", help="val to choose, test to report")
-    ap.add_argument("checkpoints", type=Path, nargs="+")
+    ap.add_argument("checkpoints", nargs="+", help=".pt checkpoints, or release weights (release:NAME)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--max-tiles", type=int, default=0, help="score at most this many tiles (0: all)")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -69,7 +75,7 @@ def main() -> None:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     for ckpt in args.checkpoints:
-        if not ckpt.is_file():
+        if not release_spec(ckpt) and not Path(ckpt).is_file():
             raise AstroganError(f"{ckpt}: checkpoint not found; check the path (a phase that did not finish "
                                 "writes none)")
     result = compare(args.packed, args.split, args.checkpoints, device, args.max_tiles)

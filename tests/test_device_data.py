@@ -224,3 +224,14 @@ def test_qscale_coarsens_the_source_tables_for_the_size_study(tmp_path):
     b = dd.pack(run, tmp_path / "b", ["train"], 1.0, 0.0, "data/packed", "data/unique/manifest.jsonl", 1, 3.0)
     assert b["qscale"] == 3.0 and b["splits"]["train"]["psnr_y_min"] < a["splits"]["train"]["psnr_y_min"]
     assert dd.source_jpeg_settings(run / "data/raw/b.png", qscale=3.0) is None
+
+
+def test_sr_compare_scores_release_weights_as_the_cli_names_them(tmp_path):
+    """``release:NAME`` is scored as a checkpoint is, with the registry's measurement."""
+    run = _run(tmp_path)
+    sc = _load("sr_compare")
+    result = sc.compare(run / "data/packed", "val", ["release:edsr_x4_esahubble"], torch.device("cpu"))
+    row = result["models"][0]
+    assert result["best"] == "release:edsr_x4_esahubble" and row["arch"] == "edsr" and row["steps"] == 12800
+    assert row["tiles"] == 1
+    assert row["gain_psnr_y"] == pytest.approx(row["psnr_y"] - row["bicubic_psnr_y"], abs=2e-4)
